@@ -14,10 +14,13 @@ For every model the folder holds the checkpoint exactly as save_pretrained wrote
     hidden.npy  float32 [n_layers + 1, n_prompt, hidden]: the residual stream after the embedding and
                 after each decoder layer (the last entry is after the final norm, as transformers
                 reports it)
-The reference runs in float32 on the CPU from the saved (possibly bf16/f16-rounded) weights, with
-eager attention, so it is deterministic.
+The reference runs in float64 on the CPU from the saved (possibly bf16/f16-rounded) weights, with
+eager attention, so it is deterministic and its own rounding (transformers' chunked DeltaNet prefill
+loses ~1e-3 in float32) stays far below the tests' tolerance.
 """
 import argparse
+import importlib
+import inspect
 import json
 import math
 import os
@@ -62,6 +65,21 @@ def randomize(model, zero_centred_norms, seed):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+def float64_module(module):
+    """Re-executes a transformers modeling module with every internal float32 cast made float64.
+
+    transformers computes the DeltaNet recurrences, the gated norm and the softmaxes in float32 even
+    for a float64 model; its chunked DeltaNet prefill then differs from its own recurrent decoding
+    by ~1e-4. The float64 copy is the same code at higher precision, so the reference's own error is
+    far below the tests' tolerance."""
+    src = inspect.getsource(module)
+    for old, new in (("torch.float32", "torch.float64"), ("softmax(router_logits, dtype=torch.float,",
+                                                          "softmax(router_logits, dtype=torch.float64,")):
+        src = src.replace(old, new)
+    exec(compile(src, module.__file__, "exec"), module.__dict__)
+    return module
+
+
 def text_model(model):
     """The decoder stack (for hidden states) of a causal LM or of the multimodal wrapper."""
     inner = model.model
@@ -72,13 +90,13 @@ def text_model(model):
 def reference(model, prompt):
     ids = torch.tensor([prompt])
     out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
-    prompt_logits = out.logits[0].float()
-    hidden = torch.stack([h[0].float() for h in out.hidden_states])
+    prompt_logits = out.logits[0].double()
+    hidden = torch.stack([h[0].double() for h in out.hidden_states])
 
     # Cached greedy decoding: the prompt once, then one token at a time.
     out = model(input_ids=ids, use_cache=True)
     past = out.past_key_values
-    last = out.logits[0, -1].float()
+    last = out.logits[0, -1].double()
     greedy, step_logits, gaps = [], [], []
     for step in range(N_GEN):
         top2 = torch.topk(last, 2).values
@@ -89,11 +107,11 @@ def reference(model, prompt):
             break
         out = model(input_ids=torch.tensor([[tok]]), past_key_values=past, use_cache=True)
         past = out.past_key_values
-        last = out.logits[0, -1].float()
+        last = out.logits[0, -1].double()
         step_logits.append(last.clone())
 
     # Self-check of the reference: an uncached pass over prompt + generated tokens must agree.
-    full = model(input_ids=torch.tensor([prompt + greedy[:-1]]), use_cache=False).logits[0].float()
+    full = model(input_ids=torch.tensor([prompt + greedy[:-1]]), use_cache=False).logits[0].double()
     cached = torch.cat([prompt_logits, torch.stack(step_logits)])
     drift = float((full - cached).abs().max())
     logits = cached.numpy()
@@ -143,9 +161,10 @@ def save_one(model, folder, dtype, prompt, seed, shard, fused):
         model.save_pretrained(folder)
     if fused:
         fuse_experts(folder)
-    # Reference from the saved weights, upcast to float32.
-    cls = type(model)
-    ref = cls.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    # Reference from the saved weights, upcast to float64.
+    cls = getattr(float64_module(importlib.import_module(type(model).__module__)), type(model).__name__)
+    ref = cls.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager",
+                              experts_implementation="eager").eval()
     logits, hidden, greedy, gap, drift = reference(ref, prompt)
     np.save(os.path.join(folder, "logits.npy"), logits.astype(np.float32))
     np.save(os.path.join(folder, "hidden.npy"), hidden.astype(np.float32))
@@ -158,8 +177,9 @@ def save_one(model, folder, dtype, prompt, seed, shard, fused):
     with open(os.path.join(folder, "ref.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print(f"{os.path.basename(folder)}: gap {gap:.4f} drift {drift:.2e} greedy {greedy[:8]}...", flush=True)
-    assert drift < 1e-3, "transformers' cached and uncached passes disagree"
-    return gap > 1e-3
+    assert drift < 1e-6, "transformers' cached and uncached passes disagree"
+    # A usable fixture: no near-tie, and a greedy run that is not one token repeated.
+    return gap > 1e-3 and len(set(greedy)) >= 4
 
 
 def rope(theta, partial, mrope=None):

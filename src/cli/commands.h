@@ -1,0 +1,11 @@
+// Each command registers itself as a CLI11 subcommand; its callback throws fm::Error for bad input,
+// which main() turns into one line on stderr and exit status 1.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace fm::cli {
+
+void add_run(CLI::App& app);
+void add_bench(CLI::App& app);
+
+}  // namespace fm::cli

@@ -1,0 +1,31 @@
+// A read-only view of a stored tensor: its bytes live in a memory-mapped model file.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "formats/dtype.h"
+
+namespace fm {
+
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;  // row-major, outermost first (PyTorch / safetensors order)
+  const std::byte* data = nullptr;
+  uint64_t nbytes = 0;
+  std::string file;  // the file it lives in, for messages
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  int rank() const { return int(shape.size()); }
+};
+
+// "[64, 32]"
+std::string shape_str(const std::vector<int64_t>& shape);
+
+}  // namespace fm

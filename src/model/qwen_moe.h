@@ -1,0 +1,94 @@
+// The forward pass of Qwen3.5-MoE and Qwen3-MoE (see docs/architecture.md for the equations).
+//
+// Per decoder layer, for a batch of n consecutive tokens of one sequence:
+//   h   = x + Mixer(RMSNorm_in(x))           Mixer: Gated DeltaNet or gated softmax attention
+//   out = h + FFN(RMSNorm_post(h))           FFN: routed experts (+ gated shared expert), or dense
+// then logits = lm_head(RMSNorm_final(x_L)).
+//
+// The transformer owns its scratch (sized once for max_batch tokens: no allocation per token); the
+// per-sequence state (KV cache, conv and recurrent states) lives in SequenceState, so several
+// sequences can share one transformer.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "model/model.h"
+#include "ops/backend.h"
+
+namespace fm {
+
+struct TransformerOptions {
+  int max_context = 4096;  // KV cache length per sequence
+  int max_batch = 128;     // tokens per forward call; longer prompts go in chunks
+  int experts_per_tok = 0;  // 0: the config's num_experts_per_tok
+};
+
+struct SequenceState {
+  int n_past = 0;
+  std::vector<std::vector<float>> k_cache;          // per layer: [max_context][n_kv * head_dim] (full attention)
+  std::vector<std::vector<float>> v_cache;          // per layer: idem
+  std::vector<std::vector<float>> conv_state;       // per layer: [kernel - 1][conv_dim] (linear attention)
+  std::vector<std::vector<float>> recurrent_state;  // per layer: [n_v][dk][dv]
+  void reset();
+};
+
+class Transformer {
+ public:
+  Transformer(const Model& model, Backend& backend, const TransformerOptions& options);
+
+  const ModelConfig& config() const { return model_.config; }
+  const TransformerOptions& options() const { return options_; }
+  SequenceState new_sequence() const;
+
+  // Runs `tokens` at positions [state.n_past, state.n_past + n) and advances the state. Writes the
+  // logits of every token ([n][vocab]) if all_logits, else of the last one ([vocab]).
+  // Token ids out of range and context overflow are fm::Errors; the state is then unchanged.
+  void forward(SequenceState& state, std::span<const int32_t> tokens, float* logits, bool all_logits);
+
+  // Bytes of weights the forward passes have read so far (each matrix once per call, the embedding
+  // rows used): the traffic that bounds decode speed.
+  uint64_t weight_bytes_read() const { return weight_bytes_read_; }
+
+  // Sees the residual stream [n][hidden] after the embedding (layer -1) and after each decoder layer,
+  // for dumps and layer-by-layer comparisons with a reference. Empty by default.
+  std::function<void(int layer, const float* x, int n)> layer_observer;
+
+ private:
+  void matmul(const Mat& w, const float* x, int n, float* y);
+  void forward_chunk(SequenceState& state, const int32_t* tokens, int n, float* logits, bool all_logits);
+  void attention_block(int layer, SequenceState& state, int n);
+  void deltanet_block(int layer, SequenceState& state, int n);
+  void moe_block(int layer, int n);
+  void ffn(const FfnWeights& w, const float* x, int n, int inter, float* out);
+
+  const Model& model_;
+  Backend& be_;
+  TransformerOptions options_;
+  int top_k_ = 0;
+  uint64_t weight_bytes_read_ = 0;
+
+  // Scratch, [max_batch][...] each.
+  std::vector<float> x_;        // residual stream [n][H]
+  std::vector<float> xn_;       // normalised input [n][H]
+  std::vector<float> y_;        // block output [n][H]
+  std::vector<float> proj_;     // qkv / q+gate projections [n][max(conv_dim, q_rows)]
+  std::vector<float> gate_;     // z of DeltaNet / output gate of attention [n][max(nv*dv, nh*hd)]
+  std::vector<float> mix_;      // attention / DeltaNet output [n][max(nv*dv, nh*hd)]
+  std::vector<float> small_a_;  // [n][nv]
+  std::vector<float> small_b_;  // [n][nv]
+  std::vector<float> router_;   // [n][E]
+  std::vector<int32_t> topk_id_;   // [n][k]
+  std::vector<float> topk_w_;      // [n][k]
+  std::vector<int32_t> by_expert_;  // token slots grouped by expert [n*k]
+  std::vector<int32_t> expert_count_;  // [E]
+  std::vector<float> rows_;      // gathered token rows [n][H]
+  std::vector<float> ffn_gate_;  // [n][max I]
+  std::vector<float> ffn_up_;    // [n][max I]
+  std::vector<float> ffn_out_;   // [n][H]
+  std::vector<float> shared_g_;  // [n]
+  std::vector<int32_t> positions_;  // [n]
+};
+
+}  // namespace fm

@@ -1,0 +1,175 @@
+#include "model/synth.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "formats/safetensors_writer.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace fm {
+
+namespace {
+
+struct Preset {
+  const char* name;
+  int hidden, layers, heads, kv_heads, lin_k_heads, lin_v_heads, experts, top_k, moe_inter, shared_inter;
+};
+
+// Shapes from the published configs (docs/qwen35.md).
+constexpr Preset kPresets[] = {
+    {"qwen3.5-35b-a3b", 2048, 40, 16, 2, 16, 32, 256, 8, 512, 512},
+    {"qwen3.5-122b-a10b", 3072, 48, 32, 2, 16, 64, 256, 8, 1024, 1024},
+    {"qwen3.5-397b-a17b", 4096, 60, 32, 2, 16, 64, 512, 10, 1024, 1024},
+};
+constexpr int kVocab = 248320, kHeadDim = 256, kLinDim = 128, kConv = 4;
+
+const Preset& find_preset(const std::string& name) {
+  for (const Preset& p : kPresets)
+    if (name == p.name) return p;
+  fail("unknown model shape '{}' (known: {})", name, fmt::join(synth_presets(), ", "));
+}
+
+// Fast reproducible uniform values in [-scale, scale], converted to the stored type in chunks.
+class RandomFill {
+ public:
+  explicit RandomFill(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  void write(SafetensorsWriter& out, DType dtype, uint64_t count, float scale, float offset) {
+    const size_t esize = size_t(dtype_info(dtype).block_bytes);
+    buf_.resize(kChunk * esize);
+    while (count > 0) {
+      const uint64_t n = std::min<uint64_t>(count, kChunk);
+      for (uint64_t i = 0; i < n; ++i) {
+        s_ ^= s_ << 13, s_ ^= s_ >> 7, s_ ^= s_ << 17;
+        const float v = offset + scale * (float(int32_t(uint32_t(s_ >> 32))) * (1.0f / 2147483648.0f));
+        if (dtype == DType::F32) std::memcpy(&buf_[i * 4], &v, 4);
+        else {
+          const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+          std::memcpy(&buf_[i * 2], &h, 2);
+        }
+      }
+      out.append(buf_.data(), n * esize);
+      count -= n;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kChunk = 1 << 20;
+  uint64_t s_;
+  std::vector<unsigned char> buf_;
+};
+
+struct Spec {
+  std::string name;
+  std::vector<int64_t> shape;
+  float scale, offset;
+  bool is_float32;  // small parameters kept in f32
+};
+
+}  // namespace
+
+std::vector<std::string> synth_presets() {
+  std::vector<std::string> names;
+  for (const Preset& p : kPresets) names.emplace_back(p.name);
+  return names;
+}
+
+uint64_t write_synthetic_model(const std::filesystem::path& dir, const SynthOptions& o) {
+  const Preset& p = find_preset(o.like);
+  if (!is_float_weight(o.dtype)) fail("synth: --dtype must be f32, f16 or bf16");
+  const int L = o.layers > 0 ? o.layers : p.layers;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) fail("{}: cannot create folder: {}", dir.string(), ec.message());
+
+  nlohmann::ordered_json cfg = {
+      {"architectures", {"Qwen3_5MoeForCausalLM"}}, {"model_type", "qwen3_5_moe_text"},
+      {"vocab_size", kVocab}, {"hidden_size", p.hidden}, {"num_hidden_layers", L},
+      {"num_attention_heads", p.heads}, {"num_key_value_heads", p.kv_heads}, {"head_dim", kHeadDim},
+      {"linear_num_key_heads", p.lin_k_heads}, {"linear_num_value_heads", p.lin_v_heads},
+      {"linear_key_head_dim", kLinDim}, {"linear_value_head_dim", kLinDim}, {"linear_conv_kernel_dim", kConv},
+      {"num_experts", p.experts}, {"num_experts_per_tok", p.top_k}, {"moe_intermediate_size", p.moe_inter},
+      {"shared_expert_intermediate_size", p.shared_inter}, {"rms_norm_eps", 1e-6}, {"tie_word_embeddings", false},
+      {"max_position_embeddings", 262144}, {"full_attention_interval", 4},
+      {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 1e7}, {"partial_rotary_factor", 0.25}}},
+      {"synthetic", {{"like", p.name}, {"seed", o.seed}}}};
+
+  const int64_t H = p.hidden, V = kVocab, E = p.experts, I = p.moe_inter, Is = p.shared_inter;
+  const int64_t nv = p.lin_v_heads, conv_dim = 2 * int64_t(p.lin_k_heads) * kLinDim + nv * kLinDim;
+  auto lin = [](int64_t in) { return float(1.0 / std::sqrt(double(in))); };
+  std::vector<Spec> specs;
+  auto add = [&](std::string name, std::vector<int64_t> shape, float scale, float offset = 0.0f, bool f32 = false) {
+    specs.push_back(Spec{std::move(name), std::move(shape), scale, offset, f32});
+  };
+  add("model.embed_tokens.weight", {V, H}, 1.0f);
+  for (int i = 0; i < L; ++i) {
+    const std::string b = fmt::format("model.layers.{}.", i);
+    add(b + "input_layernorm.weight", {H}, 0.1f, 0.0f, true);
+    add(b + "post_attention_layernorm.weight", {H}, 0.1f, 0.0f, true);
+    if ((i + 1) % 4 == 0) {
+      add(b + "self_attn.q_proj.weight", {int64_t(p.heads) * kHeadDim * 2, H}, lin(H));
+      add(b + "self_attn.k_proj.weight", {int64_t(p.kv_heads) * kHeadDim, H}, lin(H));
+      add(b + "self_attn.v_proj.weight", {int64_t(p.kv_heads) * kHeadDim, H}, lin(H));
+      add(b + "self_attn.o_proj.weight", {H, int64_t(p.heads) * kHeadDim}, lin(int64_t(p.heads) * kHeadDim));
+      add(b + "self_attn.q_norm.weight", {kHeadDim}, 0.1f, 0.0f, true);
+      add(b + "self_attn.k_norm.weight", {kHeadDim}, 0.1f, 0.0f, true);
+    } else {
+      add(b + "linear_attn.in_proj_qkv.weight", {conv_dim, H}, lin(H));
+      add(b + "linear_attn.in_proj_z.weight", {nv * kLinDim, H}, lin(H));
+      add(b + "linear_attn.in_proj_b.weight", {nv, H}, lin(H));
+      add(b + "linear_attn.in_proj_a.weight", {nv, H}, lin(H));
+      add(b + "linear_attn.conv1d.weight", {conv_dim, 1, kConv}, 0.5f, 0.0f, true);
+      add(b + "linear_attn.dt_bias", {nv}, 0.5f, 0.5f, true);
+      add(b + "linear_attn.A_log", {nv}, 1.0f, 1.0f, true);
+      add(b + "linear_attn.norm.weight", {kLinDim}, 0.1f, 1.0f, true);
+      add(b + "linear_attn.out_proj.weight", {H, nv * kLinDim}, lin(nv * kLinDim));
+    }
+    add(b + "mlp.gate.weight", {E, H}, lin(H));
+    add(b + "mlp.experts.gate_up_proj", {E, 2 * I, H}, lin(H));
+    add(b + "mlp.experts.down_proj", {E, H, I}, lin(I));
+    add(b + "mlp.shared_expert.gate_proj.weight", {Is, H}, lin(H));
+    add(b + "mlp.shared_expert.up_proj.weight", {Is, H}, lin(H));
+    add(b + "mlp.shared_expert.down_proj.weight", {H, Is}, lin(Is));
+    add(b + "mlp.shared_expert_gate.weight", {1, H}, lin(H));
+  }
+  add("model.norm.weight", {H}, 0.1f, 0.0f, true);
+  add("lm_head.weight", {V, H}, lin(H));
+
+  SafetensorsWriter out(dir / "model.safetensors");
+  for (const Spec& s : specs) out.declare(s.name, s.is_float32 ? DType::F32 : o.dtype, s.shape);
+  out.begin_data();
+  RandomFill rng(o.seed);
+  uint64_t done = 0;
+  int shown = -1;
+  for (const Spec& s : specs) {
+    uint64_t n = 1;
+    for (int64_t d : s.shape) n *= uint64_t(d);
+    rng.write(out, s.is_float32 ? DType::F32 : o.dtype, n, s.scale, s.offset);
+    done += n * uint64_t(dtype_info(s.is_float32 ? DType::F32 : o.dtype).block_bytes);
+    const int percent = int(100.0 * double(done) / double(out.data_bytes()));
+    if (percent != shown) {
+      shown = percent;
+      std::fprintf(stderr, "\rsynth: %.2f / %.2f GB (%d%%)", double(done) / 1e9, double(out.data_bytes()) / 1e9,
+                   percent);
+    }
+  }
+  std::fprintf(stderr, "\n");
+  out.finish();
+
+  const std::filesystem::path cfg_path = dir / "config.json";
+  const std::filesystem::path tmp = cfg_path.string() + ".partial";
+  {
+    std::ofstream f(tmp);
+    f << cfg.dump(2) << "\n";
+    if (!f) fail("{}: write failed", cfg_path.string());
+  }
+  std::filesystem::rename(tmp, cfg_path);
+  return out.data_bytes();
+}
+
+}  // namespace fm

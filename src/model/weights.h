@@ -1,0 +1,74 @@
+// The weights of one Qwen3.5-MoE / Qwen3-MoE model, bound to tensors of a checkpoint.
+// Matrices stay in the mapped files in their stored type (Mat). Small vectors (norms, gates, conv
+// taps) are converted to float32 once at load, with the architecture's conventions folded in:
+// zero-centred RMSNorm weights become (1 + w); A_log becomes -exp(A_log).
+// Shapes use transformers' [out][in] order: H = hidden, V = vocab, E = experts, I = expert FFN.
+#pragma once
+#include <vector>
+
+#include "formats/safetensors.h"
+#include "model/config.h"
+#include "ops/mat.h"
+
+namespace fm {
+
+struct FfnWeights {  // SwiGLU: down(silu(gate x) * up x)
+  Mat gate;  // [I][H]
+  Mat up;    // [I][H]
+  Mat down;  // [H][I]
+};
+
+struct AttentionWeights {
+  Mat q;  // [n_heads * head_dim * (output gate ? 2 : 1)][H]; with the gate, per head [q_h | gate_h]
+  Mat k;  // [n_kv_heads * head_dim][H]
+  Mat v;  // [n_kv_heads * head_dim][H]
+  Mat o;  // [H][n_heads * head_dim]
+  std::vector<float> q_norm;  // [head_dim]
+  std::vector<float> k_norm;  // [head_dim]
+};
+
+struct DeltaNetWeights {
+  Mat qkv;  // [2 * n_k * dk + n_v * dv][H], rows [Q | K | V]
+  Mat z;    // [n_v * dv][H]
+  Mat b;    // [n_v][H]
+  Mat a;    // [n_v][H]
+  Mat out;  // [H][n_v * dv]
+  std::vector<float> conv;         // [conv_dim][kernel]
+  std::vector<float> dt_bias;      // [n_v]
+  std::vector<float> decay_scale;  // [n_v] = -exp(A_log)
+  std::vector<float> norm;         // [dv], gated RMSNorm weight (not zero-centred)
+};
+
+struct MoeWeights {
+  Mat router;                      // [E][H]
+  std::vector<FfnWeights> experts;  // [E]
+  bool has_shared = false;
+  FfnWeights shared;               // [I_s][H] / [H][I_s]
+  Mat shared_gate;                 // [1][H]
+};
+
+struct LayerWeights {
+  LayerKind kind = LayerKind::FullAttention;
+  std::vector<float> input_norm;  // [H]
+  std::vector<float> post_norm;   // [H]
+  AttentionWeights attn;          // full-attention layers
+  DeltaNetWeights linear;         // linear-attention layers
+  bool is_moe = true;
+  MoeWeights moe;                 // MoE layers
+  FfnWeights mlp;                 // dense layers
+};
+
+struct ModelWeights {
+  Mat embed;                      // [V][H]
+  Mat lm_head;                    // [V][H]; the embedding when tied
+  std::vector<float> final_norm;  // [H]
+  std::vector<LayerWeights> layers;
+  uint64_t dense_bytes = 0;       // bytes of weights outside the routed experts
+  uint64_t expert_bytes = 0;      // bytes of all routed experts
+};
+
+// Binds every tensor the config calls for; an absent tensor or one whose dtype or shape disagrees
+// with the config is an fm::Error naming the file, the tensor and both shapes.
+ModelWeights bind_weights(const ModelConfig& config, const SafetensorsArchive& archive);
+
+}  // namespace fm

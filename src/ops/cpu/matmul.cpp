@@ -1,0 +1,147 @@
+// matmul and embed on the CPU: the scalar reference kernels, the choice between them and the AVX2
+// ones, and the blocking and threading that both share.
+//
+// The work is split over output rows (each thread streams its own slice of the weights). Tokens go
+// through the tile kernels at most kMaxTileTokens at a time, so every weight loaded serves several
+// tokens; with more tokens than one tile, rows are taken in blocks that stay in L2 while all the
+// tiles pass over them, so prefill reads the weights from memory about once.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/kernels.h"
+#include "util/error.h"
+
+namespace fm::cpu {
+
+namespace {
+
+using detail::kMaxTileTokens;
+using detail::TileKernel;
+
+// Output rows per parallel chunk come in multiples of 16 (whole cache lines of y, no false sharing
+// between threads) and carry at least this many weight bytes, so a share pays for its hand-off.
+constexpr uint64_t kMinChunkBytes = 16 << 10;
+// Weight bytes of a row block that the tiles of one prefill pass over: well inside L2.
+constexpr uint64_t kBlockBytes = 256 << 10;
+
+std::atomic<bool> g_force_scalar{false};
+
+// The reference kernel: per row and token, four interleaved partial sums (fewer rounding steps
+// in a row than one running sum, and independent for the compiler).
+template <float (*at)(const std::byte*, int64_t)>
+void scalar_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_tokens, float* y, int64_t ldy) {
+  const int64_t cols = w.cols;
+  for (int64_t r = r0; r < r1; ++r) {
+    const std::byte* row = w.data + uint64_t(r) * w.row_bytes;
+    float acc[kMaxTileTokens][4] = {};
+    int64_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      for (int k = 0; k < 4; ++k) {
+        const float wv = at(row, c + k);
+        for (int t = 0; t < n_tokens; ++t) acc[t][k] += wv * x[t * cols + c + k];
+      }
+    }
+    for (; c < cols; ++c) {
+      const float wv = at(row, c);
+      for (int t = 0; t < n_tokens; ++t) acc[t][0] += wv * x[t * cols + c];
+    }
+    for (int t = 0; t < n_tokens; ++t) y[t * ldy + r] = (acc[t][0] + acc[t][1]) + (acc[t][2] + acc[t][3]);
+  }
+}
+
+TileKernel scalar_tile_kernel(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return scalar_tile<detail::f32_at>;
+    case DType::F16:
+      return scalar_tile<detail::f16_at>;
+    case DType::BF16:
+      return scalar_tile<detail::bf16_at>;
+    default:
+      break;
+  }
+  FM_CHECK(false, "matmul does not read {} weights", dtype_name(dtype));
+}
+
+bool use_avx2() { return have_avx2() && !g_force_scalar.load(std::memory_order_relaxed); }
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+}  // namespace
+
+bool have_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool have =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return have;
+#else
+  return false;
+#endif
+}
+
+const char* matmul_isa() { return use_avx2() ? "avx2" : "scalar"; }
+
+void set_force_scalar(bool force) { g_force_scalar.store(force, std::memory_order_relaxed); }
+
+void matmul(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
+  FM_CHECK(is_float_weight(w.dtype), "matmul does not read {} weights", dtype_name(w.dtype));
+  FM_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0, "matmul shape: n={} rows={} cols={}", n, w.rows, w.cols);
+  FM_CHECK(w.row_bytes >= uint64_t(w.cols) * uint64_t(dtype_info(w.dtype).block_bytes),
+           "matmul row of {} {} values in {} bytes", w.cols, dtype_name(w.dtype), w.row_bytes);
+  if (n == 0 || w.rows == 0) return;
+
+  const TileKernel kernel = use_avx2() ? detail::avx2_tile_kernel(w.dtype) : scalar_tile_kernel(w.dtype);
+  const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
+  const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
+  const int64_t block_rows =
+      n <= kMaxTileTokens ? w.rows : std::max<int64_t>(8, int64_t(kBlockBytes / row_bytes));
+  const int64_t ldy = w.rows;
+
+  pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
+      const int64_t b1 = std::min(r1, b0 + block_rows);
+      for (int t0 = 0; t0 < n; t0 += kMaxTileTokens) {
+        const int tile = std::min(kMaxTileTokens, n - t0);
+        kernel(w, b0, b1, x + int64_t(t0) * w.cols, tile, y + int64_t(t0) * ldy, ldy);
+      }
+    }
+  });
+}
+
+void embed(const Mat& table, const int32_t* ids, int n, float* out) {
+  FM_CHECK(is_float_weight(table.dtype), "embed does not read {} tables", dtype_name(table.dtype));
+  const int64_t cols = table.cols;
+  for (int t = 0; t < n; ++t) {
+    FM_CHECK(ids[t] >= 0 && ids[t] < table.rows, "token id {} outside the table of {} rows", ids[t],
+             table.rows);
+    const std::byte* row = table.data + uint64_t(ids[t]) * table.row_bytes;
+    float* o = out + int64_t(t) * cols;
+    switch (table.dtype) {
+      case DType::F32:
+        std::memcpy(o, row, size_t(cols) * 4);
+        break;
+      case DType::F16:
+        for (int64_t c = 0; c < cols; ++c) o[c] = detail::f16_at(row, c);
+        break;
+      case DType::BF16:
+        for (int64_t c = 0; c < cols; ++c) o[c] = detail::bf16_at(row, c);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+}  // namespace fm::cpu
+
+namespace fm {
+
+void CpuBackend::matmul(const Mat& w, const float* x, int n, float* y) { cpu::matmul(w, x, n, y, pool_); }
+
+void CpuBackend::embed(const Mat& table, const int32_t* ids, int n, float* out) {
+  cpu::embed(table, ids, n, out);
+}
+
+}  // namespace fm

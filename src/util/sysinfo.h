@@ -1,0 +1,16 @@
+// Process and machine measurements for reports.
+#pragma once
+#include <chrono>
+#include <cstdint>
+
+namespace fm {
+
+uint64_t peak_rss_bytes();     // VmHWM of this process
+uint64_t current_rss_bytes();  // VmRSS
+int hardware_threads();
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace fm

@@ -1,0 +1,129 @@
+// The pool's hand-off works by generation: the caller publishes a job and bumps generation_, each
+// worker runs its share and counts pending_ down, and the caller returns once pending_ reaches zero.
+// A worker cannot skip a generation, because the next job starts only after every worker has
+// finished the current one. fn must not throw: an exception on a worker would terminate.
+// parallel_for is neither reentrant (fn must not call it) nor safe to call from two threads at once.
+#include "util/thread_pool.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "util/error.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace fm {
+
+namespace {
+
+// How long an idle worker polls before it sleeps. A decode step issues kernels a few microseconds
+// apart, and a futex wake-up costs about as much as a small kernel, so the workers stay hot across
+// that gap; a long idle stretch (between requests) still puts them to sleep.
+constexpr auto kSpinTime = std::chrono::microseconds(50);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+// Share `index` of `n_shares` over [0, n): whole chunks of `grain`, as evenly as chunks allow.
+inline void share_range(int64_t n, int64_t grain, int n_shares, int index, int64_t& begin, int64_t& end) {
+  const int64_t chunks = (n + grain - 1) / grain;
+  begin = std::min(n, chunks * index / n_shares * grain);
+  end = std::min(n, chunks * (index + 1) / n_shares * grain);
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads) {
+  FM_CHECK(n_threads >= 1, "thread pool needs at least one thread, got {}", n_threads);
+  threads_.reserve(size_t(n_threads - 1));
+  for (int i = 1; i < n_threads; ++i) threads_.emplace_back([this, i] { worker(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_.store(true, std::memory_order_release);
+  }
+  wake_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain,
+                              const std::function<void(int64_t, int64_t, int)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  // One chunk or one thread: the whole range is share 0, and waking the workers would only cost.
+  if (n_threads_ == 1 || n <= grain) {
+    fn(0, n, 0);
+    return;
+  }
+  {
+    // Bumping the generation under the mutex pairs with the predicate check of a worker about to
+    // sleep, so the notify below cannot fall between its check and its wait.
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_ = &fn;
+    job_n_ = n;
+    job_grain_ = grain;
+    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  // Cheap when every worker is spinning: glibc skips the futex call when nobody waits.
+  wake_.notify_all();
+
+  run_share(0);
+
+  // The workers' shares are about as long as ours, so they finish soon. The periodic yield matters
+  // when a worker shares our core (more threads than cores, or before the scheduler has spread a new
+  // pool): spinning there would hold off the very thread we wait for.
+  for (int spins = 1; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins % 64 == 0) {
+      std::this_thread::yield();
+    } else {
+      cpu_relax();
+    }
+  }
+}
+
+void ThreadPool::run_share(int index) {
+  int64_t begin, end;
+  share_range(job_n_, job_grain_, n_threads_, index, begin, end);
+  if (begin < end) (*job_)(begin, end, index);
+}
+
+void ThreadPool::worker(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    // Poll first; the clock is read only every few dozen pauses to keep the loop light.
+    const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
+    uint64_t gen = generation_.load(std::memory_order_acquire);
+    for (int spins = 1; gen == seen && !stop_.load(std::memory_order_acquire); ++spins) {
+      if (spins % 64 == 0) {
+        if (std::chrono::steady_clock::now() >= spin_until) break;
+        // Let the caller run if it shares our core (more threads than cores).
+        std::this_thread::yield();
+      } else {
+        cpu_relax();
+      }
+      gen = generation_.load(std::memory_order_acquire);
+    }
+    if (gen == seen) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] {
+        gen = generation_.load(std::memory_order_acquire);
+        return gen != seen || stop_.load(std::memory_order_acquire);
+      });
+    }
+    if (stop_.load(std::memory_order_acquire)) return;
+    seen = gen;
+    run_share(index);
+    // Release: the caller's acquire of pending_ == 0 makes our outputs visible to it.
+    pending_.fetch_sub(1, std::memory_order_release);
+  }
+}
+
+}  // namespace fm
