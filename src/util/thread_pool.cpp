@@ -1,12 +1,14 @@
 // The pool's hand-off works by generation: the caller publishes a job and bumps generation_, each
 // worker runs its share and counts pending_ down, and the caller returns once pending_ reaches zero.
 // A worker cannot skip a generation, because the next job starts only after every worker has
-// finished the current one. fn must not throw: an exception on a worker would terminate.
+// finished the current one. An exception from fn reaches the caller only from share 0; on a worker
+// it terminates, so kernels report broken invariants with FM_CHECK.
 // parallel_for is neither reentrant (fn must not call it) nor safe to call from two threads at once.
 #include "util/thread_pool.h"
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 
 #include "util/error.h"
 
@@ -53,8 +55,7 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::parallel_for(int64_t n, int64_t grain,
-                              const std::function<void(int64_t, int64_t, int)>& fn) {
+void ThreadPool::run(int64_t n, int64_t grain, RangeFn fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
   // One chunk or one thread: the whole range is share 0, and waking the workers would only cost.
@@ -75,7 +76,13 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
   // Cheap when every worker is spinning: glibc skips the futex call when nobody waits.
   wake_.notify_all();
 
-  run_share(0);
+  // If our share throws, the workers still hold fn and the job: let them finish before unwinding.
+  std::exception_ptr error;
+  try {
+    run_share(0);
+  } catch (...) {
+    error = std::current_exception();
+  }
 
   // The workers' shares are about as long as ours, so they finish soon. The periodic yield matters
   // when a worker shares our core (more threads than cores, or before the scheduler has spread a new
@@ -87,6 +94,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
       cpu_relax();
     }
   }
+  if (error) std::rethrow_exception(error);
 }
 
 void ThreadPool::run_share(int index) {

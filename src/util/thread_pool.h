@@ -6,12 +6,24 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 namespace fm {
+
+// A non-owning reference to a callable fn(begin, end, thread_index). Unlike std::function it never
+// allocates, so dispatching a kernel costs no heap traffic on the per-token path.
+class RangeFn {
+ public:
+  template <class F>
+  RangeFn(F& f) : object_(&f), call_([](void* o, int64_t b, int64_t e, int t) { (*static_cast<F*>(o))(b, e, t); }) {}
+  void operator()(int64_t begin, int64_t end, int thread) const { call_(object_, begin, end, thread); }
+
+ private:
+  void* object_;
+  void (*call_)(void*, int64_t, int64_t, int);
+};
 
 class ThreadPool {
  public:
@@ -23,9 +35,13 @@ class ThreadPool {
   int size() const { return n_threads_; }
 
   // fn(begin, end, thread_index) over a partition of [0, n) in chunks that are multiples of `grain`.
-  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
+  template <class F>
+  void parallel_for(int64_t n, int64_t grain, F&& fn) {
+    run(n, grain, RangeFn(fn));
+  }
 
  private:
+  void run(int64_t n, int64_t grain, RangeFn fn);
   void worker(int index);
   void run_share(int index);
 
@@ -36,7 +52,7 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
-  const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
+  const RangeFn* job_ = nullptr;
   int64_t job_n_ = 0;
   int64_t job_grain_ = 1;
 };

@@ -2,6 +2,8 @@
 
 #include <atomic>
 #include <memory>
+#include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "util/thread_pool.h"
@@ -112,6 +114,20 @@ TEST(thread_pool, ResultsVisibleToCaller) {
     });
     for (int i = 0; i < 256; ++i) ASSERT_EQ(out[size_t(i)], i + round);
   }
+}
+
+TEST(thread_pool, ThrowFromCallerShareWaitsForWorkers) {
+  ThreadPool pool(2);
+  std::atomic<int> worker_done{0};
+  EXPECT_THROW(pool.parallel_for(2, 1,
+                                 [&](int64_t, int64_t, int thread) {
+                                   if (thread == 0) throw std::runtime_error("share 0");
+                                   std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                                   worker_done.store(1);
+                                 }),
+               std::runtime_error);
+  EXPECT_EQ(worker_done.load(), 1);
+  check_cover(pool, 100, 7);  // still usable
 }
 
 TEST(thread_pool, CreateAndDestroyRepeatedly) {
