@@ -17,18 +17,18 @@
 
 namespace fm {
 
-class SafetensorsArchive {
+class SafetensorsArchive final : public TensorSource {
  public:
   // A folder holding model.safetensors or model.safetensors.index.json (and its shards).
   static SafetensorsArchive open_dir(const std::filesystem::path& dir);
   // A single .safetensors file.
   static SafetensorsArchive open_file(const std::filesystem::path& file);
 
-  const TensorView* find(std::string_view name) const;
+  const TensorView* find(std::string_view name) const override;
   // Throws fm::Error "<dir>: tensor '<name>' not found" when absent.
   const TensorView& get(std::string_view name) const;
   const std::map<std::string, TensorView, std::less<>>& tensors() const { return tensors_; }
-  const std::string& source() const { return source_; }
+  const std::string& source() const override { return source_; }
   uint64_t total_bytes() const;
 
  private:

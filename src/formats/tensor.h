@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "formats/dtype.h"
@@ -27,5 +28,14 @@ struct TensorView {
 
 // "[64, 32]"
 std::string shape_str(const std::vector<int64_t>& shape);
+
+// Where a model's tensors come from (a safetensors checkpoint, a GGUF file), as the weight binder
+// sees it: lookup by name, and a name for messages.
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual const TensorView* find(std::string_view name) const = 0;
+  virtual const std::string& source() const = 0;
+};
 
 }  // namespace fm

@@ -10,7 +10,7 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& dir) {
   auto model = std::make_unique<Model>();
   model->config = load_config(dir / "config.json");
   model->archive = SafetensorsArchive::open_dir(dir);
-  model->weights = bind_weights(model->config, model->archive);
+  model->weights = bind_weights(model->config, model->archive, WeightLayout::HuggingFace);
   return model;
 }
 

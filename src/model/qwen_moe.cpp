@@ -208,7 +208,7 @@ void Transformer::deltanet_block(int layer, SequenceState& state, int n) {
   be_.conv1d_silu(proj_.data(), d.conv.data(), n, conv_dim, c.linear_conv_kernel,
                   state.conv_state[size_t(layer)].data(), proj_.data());
   const DeltaNetShape shape{.n_k_heads = c.linear_num_k_heads, .n_v_heads = nv, .k_dim = c.linear_k_head_dim,
-                            .v_dim = dv, .v_heads_tiled = false};
+                            .v_dim = dv, .v_heads_tiled = d.v_heads_tiled};
   be_.gated_delta_rule(proj_.data(), small_a_.data(), small_b_.data(), d.decay_scale.data(), d.dt_bias.data(), n,
                        shape, state.recurrent_state[size_t(layer)].data(), mix_.data());
   be_.rms_norm_gated(mix_.data(), gate_.data(), d.norm.data(), n * nv, dv, c.rms_norm_eps, mix_.data());

@@ -36,6 +36,7 @@ struct DeltaNetWeights {
   std::vector<float> conv;         // [conv_dim][kernel]
   std::vector<float> dt_bias;      // [n_v]
   std::vector<float> decay_scale;  // [n_v] = -exp(A_log)
+  bool v_heads_tiled = false;      // K head of V head h: h % n_k (GGUF) rather than h / (n_v / n_k)
   std::vector<float> norm;         // [dv], gated RMSNorm weight (not zero-centred)
 };
 
@@ -67,8 +68,14 @@ struct ModelWeights {
   uint64_t expert_bytes = 0;      // bytes of all routed experts
 };
 
+// How a checkpoint format names the weights and what it has already folded into them.
+enum class WeightLayout {
+  HuggingFace,  // transformers' names; zero-centred norms store w; A_log; V heads grouped per K head
+  Gguf,         // llama.cpp's names; norms store 1 + w; ssm_a = -exp(A_log); V heads tiled
+};
+
 // Binds every tensor the config calls for; an absent tensor or one whose dtype or shape disagrees
 // with the config is an fm::Error naming the file, the tensor and both shapes.
-ModelWeights bind_weights(const ModelConfig& config, const SafetensorsArchive& archive);
+ModelWeights bind_weights(const ModelConfig& config, const TensorSource& tensors, WeightLayout layout);
 
 }  // namespace fm
