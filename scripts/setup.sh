@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what flashmoe needs to build and test on Debian 12 (all from Debian's packages).
+# Installs what flashmoe needs to build and test on Debian 12, all from Debian's packages (clang and
+# its runtime only for the parser fuzzers the test suite runs briefly).
 set -euo pipefail
 packages=(build-essential cmake pkg-config libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
-          libcli11-dev libfmt-dev)
+          libcli11-dev libfmt-dev clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -31,14 +31,14 @@ struct BenchArgs {
 };
 
 // Reads every mapped byte once so the timed passes see RAM, not the disk.
-void touch_all(const SafetensorsArchive& archive, ThreadPool& pool) {
-  for (const auto& [name, t] : archive.tensors()) {
-    const int64_t pages = int64_t((t.nbytes + 4095) / 4096);
-    std::vector<uint64_t> sink(size_t(pool.size()));
+void touch_all(const ModelWeights& weights, ThreadPool& pool) {
+  std::vector<uint64_t> sink(size_t(pool.size()));
+  for_each_matrix(weights, [&](const Mat& m) {
+    const int64_t pages = int64_t((m.nbytes() + 4095) / 4096);
     pool.parallel_for(pages, 64, [&](int64_t b, int64_t e, int thread) {
-      for (int64_t p = b; p < e; ++p) sink[size_t(thread)] += uint64_t(t.data[uint64_t(p) * 4096]);
+      for (int64_t p = b; p < e; ++p) sink[size_t(thread)] += uint64_t(m.data[uint64_t(p) * 4096]);
     });
-  }
+  });
 }
 
 void bench(const BenchArgs& a) {
@@ -52,8 +52,9 @@ void bench(const BenchArgs& a) {
   const double load_s = seconds_since(t_load);
   const ModelConfig& c = model->config;
 
-  std::fprintf(stderr, "bench: warming %.2f GB of weights into memory...\n", double(model->archive.total_bytes()) / 1e9);
-  touch_all(model->archive, backend.pool());
+  std::fprintf(stderr, "bench: warming %.2f GB of weights into memory...\n",
+               double(model->weights.dense_bytes + model->weights.expert_bytes) / 1e9);
+  touch_all(model->weights, backend.pool());
   const double bandwidth = measure_read_bandwidth(backend.pool());
 
   std::mt19937 rng(uint32_t(a.seed));

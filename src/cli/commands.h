@@ -7,5 +7,6 @@ namespace fm::cli {
 
 void add_run(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_convert(CLI::App& app);
 
 }  // namespace fm::cli

@@ -89,7 +89,7 @@ SafetensorsArchive SafetensorsArchive::open_dir(const fs::path& dir) {
   json index;
   try {
     index = json::parse(read_text_file(index_path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1E400
     fail("{}: invalid JSON: {}", index_name, e.what());
   }
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
@@ -145,7 +145,7 @@ void SafetensorsArchive::add_file(const fs::path& file) {
   json header;
   try {
     header = json::parse(header_begin, header_begin + header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1E400
     fail("{}: invalid header JSON: {}", path, e.what());
   }
   if (!header.is_object()) fail("{}: header is not a JSON object", path);

@@ -118,6 +118,10 @@ void read_rope(const Reader& r, bool qwen35, ModelConfig& c) {
     }
     theta = p.opt_num("rope_theta", theta);
     factor = p.opt_num("partial_rotary_factor", factor);
+    // M-RoPE's split of the rotary frequencies over (time, height, width); kept for GGUF export.
+    if (const json* sections = p.find("mrope_section"); sections && sections->is_array())
+      for (const json& v : *sections)
+        if (v.is_number_integer()) c.mrope_section.push_back(v.get<int>());
   }
   // Older (transformers 4.x) configs spell scaling as rope_scaling; refuse it for the same reason, so
   // a YaRN-extended checkpoint never runs silently with the wrong positions.

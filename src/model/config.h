@@ -32,6 +32,7 @@ struct ModelConfig {
   int head_dim = 0;
   int rotary_dim = 0;           // leading dims of each head that are rotated (partial rotary)
   float rope_theta = 10000.0f;
+  std::vector<int> mrope_section;  // Qwen3.5 M-RoPE sections (text-only input reduces to plain RoPE)
   bool attn_output_gate = false;   // Qwen3.5: q_proj emits [q_h | gate_h] per head, o = attn * sigmoid(gate)
   bool zero_centred_norm = false;  // Qwen3.5: RMSNorm weight w is applied as (1 + w)
 

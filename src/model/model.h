@@ -12,11 +12,11 @@ namespace fm {
 
 struct Model {
   ModelConfig config;
-  SafetensorsArchive archive;  // owns the mappings the weights point into
+  std::unique_ptr<TensorSource> tensors;  // owns the mappings the weights point into
   ModelWeights weights;
 
-  // A Hugging Face checkpoint folder (config.json + safetensors).
-  static std::unique_ptr<Model> load(const std::filesystem::path& dir);
+  // A Hugging Face checkpoint folder (config.json + safetensors) or a GGUF file.
+  static std::unique_ptr<Model> load(const std::filesystem::path& path);
 };
 
 }  // namespace fm

@@ -208,6 +208,33 @@ std::vector<FfnWeights> bind_experts(const Binder& b, int layer, int64_t E, int6
 
 }  // namespace
 
+void for_each_matrix(const ModelWeights& w, const std::function<void(const Mat&)>& fn) {
+  auto ffn = [&](const FfnWeights& f) {
+    fn(f.gate);
+    fn(f.up);
+    fn(f.down);
+  };
+  fn(w.embed);
+  if (w.lm_head.data != w.embed.data) fn(w.lm_head);
+  for (const LayerWeights& L : w.layers) {
+    if (L.kind == LayerKind::FullAttention) {
+      for (const Mat* m : {&L.attn.q, &L.attn.k, &L.attn.v, &L.attn.o}) fn(*m);
+    } else {
+      for (const Mat* m : {&L.linear.qkv, &L.linear.z, &L.linear.b, &L.linear.a, &L.linear.out}) fn(*m);
+    }
+    if (L.is_moe) {
+      fn(L.moe.router);
+      for (const FfnWeights& e : L.moe.experts) ffn(e);
+      if (L.moe.has_shared) {
+        ffn(L.moe.shared);
+        fn(L.moe.shared_gate);
+      }
+    } else {
+      ffn(L.mlp);
+    }
+  }
+}
+
 ModelWeights bind_weights(const ModelConfig& c, const TensorSource& tensors, WeightLayout layout) {
   const Binder b(c, tensors, layout);
   const int64_t H = c.hidden_size;

@@ -4,6 +4,7 @@
 // zero-centred RMSNorm weights become (1 + w); A_log becomes -exp(A_log).
 // Shapes use transformers' [out][in] order: H = hidden, V = vocab, E = experts, I = expert FFN.
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "formats/safetensors.h"
@@ -67,6 +68,9 @@ struct ModelWeights {
   uint64_t dense_bytes = 0;       // bytes of weights outside the routed experts
   uint64_t expert_bytes = 0;      // bytes of all routed experts
 };
+
+// Calls fn(mat) for every matrix of the model (experts included), each once.
+void for_each_matrix(const ModelWeights& w, const std::function<void(const Mat&)>& fn);
 
 // How a checkpoint format names the weights and what it has already folded into them.
 enum class WeightLayout {

@@ -437,3 +437,30 @@ TEST(SafetensorsErrors, TensorInTwoShards) {
   expect_error([&] { fm::SafetensorsArchive::open_dir(tmp.path); },
                {"s2.safetensors", "'beta'", "s1.safetensors"});
 }
+
+namespace fm {
+namespace {
+
+// Found by fuzzing: a number too large for a double made nlohmann throw out_of_range, which escaped
+// as a non-fm::Error exception.
+TEST(SafetensorsFuzzRegressions, NumberOutOfRangeIsAnError) {
+  const auto dir = std::filesystem::temp_directory_path() / ("fm_st_fuzz_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string header = R"({"w":{"dtype":"F32","shape":[1E400],"data_offsets":[0,4]}})";
+  const uint64_t len = header.size();
+  {
+    std::ofstream f(dir / "model.safetensors", std::ios::binary);
+    f.write(reinterpret_cast<const char*>(&len), 8);
+    f << header << "abcd";
+  }
+  try {
+    SafetensorsArchive::open_file(dir / "model.safetensors");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.safetensors"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace fm

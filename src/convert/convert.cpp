@@ -1,0 +1,316 @@
+#include "convert/convert.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "formats/gguf.h"
+#include "formats/gguf_writer.h"
+#include "formats/quant.h"
+#include "model/gguf_model.h"
+#include "model/model.h"
+#include "util/error.h"
+#include "util/thread_pool.h"
+
+namespace fm {
+
+namespace {
+
+// One output tensor: its GGUF name, shape (PyTorch order) and a way to produce row r as float32.
+// Tensors of rank 1 are one row.
+struct Plan {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool is_expert = false;
+  bool keep_f32 = false;  // small or precision-critical: norms, conv taps, gates of the router
+  std::function<void(int64_t row, float* out)> row;
+  const TensorView* copy_from = nullptr;  // GGUF input whose bytes can be copied as they are
+};
+
+int64_t rows_of(const Plan& p) {
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < p.shape.size(); ++i) rows *= p.shape[i];
+  return rows;
+}
+
+void read_mat_row(const Mat& m, int64_t r, float* out) { dequantize_row(m.dtype, m.data + uint64_t(r) * m.row_bytes, m.cols, out); }
+
+Plan mat_plan(std::string name, const Mat& m) {
+  return Plan{std::move(name), {m.rows, m.cols}, false, false, [m](int64_t r, float* out) { read_mat_row(m, r, out); }};
+}
+
+Plan vec_plan(std::string name, std::vector<float> v, std::vector<int64_t> shape = {}) {
+  if (shape.empty()) shape = {int64_t(v.size())};
+  const int64_t cols = shape.back();
+  auto data = std::make_shared<std::vector<float>>(std::move(v));
+  return Plan{std::move(name), std::move(shape), false, true,
+              [data, cols](int64_t r, float* out) { std::copy_n(data->data() + r * cols, cols, out); }};
+}
+
+// Experts e = 0..E-1 of one role stacked into [E][rows][cols].
+Plan stacked_plan(std::string name, const std::vector<FfnWeights>& experts, Mat FfnWeights::*role) {
+  const Mat& first = experts[0].*role;
+  const int64_t rows = first.rows;
+  std::vector<Mat> mats;
+  for (const FfnWeights& e : experts) mats.push_back(e.*role);
+  return Plan{std::move(name), {int64_t(experts.size()), rows, first.cols}, true, false,
+              [mats, rows](int64_t r, float* out) { read_mat_row(mats[size_t(r / rows)], r % rows, out); }};
+}
+
+// llama.cpp's qwen35moe stores the V heads of the linear-attention layers tiled ([G0v0, G1v0, ...])
+// rather than grouped by K head ([G0v0, G0v1, ...]) as transformers does: new V head n holds
+// old head (n % nk) * r + n / nk, with r = nv / nk V heads per K head.
+struct VHeadOrder {
+  int64_t nk, nv, dv;
+  int64_t old_head(int64_t n) const { return (n % nk) * (nv / nk) + n / nk; }
+  // Row of a [nv * dv][...] block (z, the V part of qkv).
+  int64_t old_row(int64_t row) const { return old_head(row / dv) * dv + row % dv; }
+};
+
+std::vector<float> reorder_heads(const std::vector<float>& per_head, const VHeadOrder& o) {
+  std::vector<float> out(per_head.size());
+  for (int64_t n = 0; n < o.nv; ++n) out[size_t(n)] = per_head[size_t(o.old_head(n))];
+  return out;
+}
+
+// The plans of a Hugging Face model: llama.cpp's names and conventions. The bound weights already
+// hold GGUF's conventions for the small vectors (norms with their +1, -exp(A_log)); what remains is
+// naming, stacking the experts and the V-head order.
+std::vector<Plan> plan_from_model(const Model& model) {
+  const ModelConfig& c = model.config;
+  const ModelWeights& w = model.weights;
+  std::vector<Plan> plans;
+  plans.push_back(mat_plan("token_embd.weight", w.embed));
+  plans.push_back(vec_plan("output_norm.weight", w.final_norm));
+  if (w.lm_head.data != w.embed.data) plans.push_back(mat_plan("output.weight", w.lm_head));
+
+  const VHeadOrder order{c.linear_num_k_heads, c.linear_num_v_heads, c.linear_v_head_dim};
+  for (int i = 0; i < c.num_layers; ++i) {
+    const LayerWeights& L = w.layers[size_t(i)];
+    auto n = [i](const char* suffix) { return fmt::format("blk.{}.{}", i, suffix); };
+    plans.push_back(vec_plan(n("attn_norm.weight"), L.input_norm));
+    plans.push_back(vec_plan(n("post_attention_norm.weight"), L.post_norm));
+    if (L.kind == LayerKind::FullAttention) {
+      plans.push_back(mat_plan(n("attn_q.weight"), L.attn.q));
+      plans.push_back(mat_plan(n("attn_k.weight"), L.attn.k));
+      plans.push_back(mat_plan(n("attn_v.weight"), L.attn.v));
+      plans.push_back(mat_plan(n("attn_output.weight"), L.attn.o));
+      plans.push_back(vec_plan(n("attn_q_norm.weight"), L.attn.q_norm));
+      plans.push_back(vec_plan(n("attn_k_norm.weight"), L.attn.k_norm));
+    } else {
+      const DeltaNetWeights& d = L.linear;
+      const int64_t qk_rows = 2 * int64_t(c.linear_num_k_heads) * c.linear_k_head_dim;
+      auto qkv_row = [qk_rows, order](int64_t r) { return r < qk_rows ? r : qk_rows + order.old_row(r - qk_rows); };
+      Plan qkv = mat_plan(n("attn_qkv.weight"), d.qkv);
+      qkv.row = [m = d.qkv, qkv_row](int64_t r, float* out) { read_mat_row(m, qkv_row(r), out); };
+      plans.push_back(std::move(qkv));
+      Plan z = mat_plan(n("attn_gate.weight"), d.z);
+      z.row = [m = d.z, order](int64_t r, float* out) { read_mat_row(m, order.old_row(r), out); };
+      plans.push_back(std::move(z));
+      for (auto [name, mat] : {std::pair{"ssm_beta.weight", &d.b}, std::pair{"ssm_alpha.weight", &d.a}}) {
+        Plan p = mat_plan(n(name), *mat);
+        p.row = [m = *mat, order](int64_t r, float* out) { read_mat_row(m, order.old_head(r), out); };
+        plans.push_back(std::move(p));
+      }
+      const int64_t K = c.linear_conv_kernel, C = c.linear_conv_dim();
+      std::vector<float> conv(d.conv.size());
+      for (int64_t ch = 0; ch < C; ++ch)
+        std::copy_n(d.conv.data() + qkv_row(ch) * K, K, conv.data() + ch * K);
+      plans.push_back(vec_plan(n("ssm_conv1d.weight"), std::move(conv), {C, K}));
+      plans.push_back(vec_plan(n("ssm_dt.bias"), reorder_heads(d.dt_bias, order)));
+      plans.push_back(vec_plan(n("ssm_a"), reorder_heads(d.decay_scale, order)));
+      plans.push_back(vec_plan(n("ssm_norm.weight"), d.norm));
+      Plan out = mat_plan(n("ssm_out.weight"), d.out);
+      out.row = [m = d.out, order](int64_t r, float* dst) {
+        std::vector<float> src(size_t(m.cols));
+        read_mat_row(m, r, src.data());
+        for (int64_t col = 0; col < m.cols; ++col) dst[col] = src[size_t(order.old_row(col))];
+      };
+      plans.push_back(std::move(out));
+    }
+    if (L.is_moe) {
+      Plan router = mat_plan(n("ffn_gate_inp.weight"), L.moe.router);
+      router.keep_f32 = true;
+      plans.push_back(std::move(router));
+      plans.push_back(stacked_plan(n("ffn_gate_exps.weight"), L.moe.experts, &FfnWeights::gate));
+      plans.push_back(stacked_plan(n("ffn_up_exps.weight"), L.moe.experts, &FfnWeights::up));
+      plans.push_back(stacked_plan(n("ffn_down_exps.weight"), L.moe.experts, &FfnWeights::down));
+      if (L.moe.has_shared) {
+        plans.push_back(mat_plan(n("ffn_gate_shexp.weight"), L.moe.shared.gate));
+        plans.push_back(mat_plan(n("ffn_up_shexp.weight"), L.moe.shared.up));
+        plans.push_back(mat_plan(n("ffn_down_shexp.weight"), L.moe.shared.down));
+        Plan g = mat_plan(n("ffn_gate_inp_shexp.weight"), L.moe.shared_gate);
+        g.shape = {c.hidden_size};
+        g.keep_f32 = true;
+        plans.push_back(std::move(g));
+      }
+    } else {
+      plans.push_back(mat_plan(n("ffn_gate.weight"), L.mlp.gate));
+      plans.push_back(mat_plan(n("ffn_up.weight"), L.mlp.up));
+      plans.push_back(mat_plan(n("ffn_down.weight"), L.mlp.down));
+    }
+  }
+  return plans;
+}
+
+// llama.cpp's general.file_type (enum llama_ftype) for the main type.
+uint32_t file_type_of(DType t) {
+  switch (t) {
+    case DType::F32: return 0;
+    case DType::F16: return 1;
+    case DType::Q4_0: return 2;
+    case DType::Q4_1: return 3;
+    case DType::Q8_0: return 7;
+    case DType::Q5_0: return 8;
+    case DType::Q5_1: return 9;
+    case DType::Q2_K: return 10;
+    case DType::Q3_K: return 12;
+    case DType::Q4_K: return 15;
+    case DType::Q5_K: return 17;
+    case DType::Q6_K: return 18;
+    case DType::IQ2_XXS: return 19;
+    case DType::IQ2_XS: return 20;
+    case DType::IQ3_XXS: return 23;
+    case DType::IQ4_NL: return 25;
+    case DType::IQ3_S: return 26;
+    case DType::IQ2_S: return 28;
+    case DType::IQ4_XS: return 30;
+    case DType::BF16: return 32;
+    case DType::MXFP4: return 38;
+    default: return 0;
+  }
+}
+
+void write_metadata(GgufWriter& out, const ModelConfig& c, DType main_type, const std::string& source) {
+  const std::string arch = c.arch == Arch::Qwen35Moe ? "qwen35moe" : "qwen3moe";
+  auto k = [&](const char* key) { return arch + "." + key; };
+  out.set_string("general.architecture", arch);
+  out.set_string("general.name", std::filesystem::path(source).filename().string());
+  out.set_u32("general.file_type", file_type_of(main_type));
+  out.set_u32("general.quantization_version", 2);
+  out.set_u32(k("block_count"), uint32_t(c.num_layers));
+  out.set_u32(k("context_length"), uint32_t(c.max_position_embeddings));
+  out.set_u32(k("embedding_length"), uint32_t(c.hidden_size));
+  out.set_u32(k("attention.head_count"), uint32_t(c.num_heads));
+  out.set_u32(k("attention.head_count_kv"), uint32_t(c.num_kv_heads));
+  out.set_u32(k("attention.key_length"), uint32_t(c.head_dim));
+  out.set_u32(k("attention.value_length"), uint32_t(c.head_dim));
+  out.set_f32(k("attention.layer_norm_rms_epsilon"), c.rms_norm_eps);
+  out.set_f32(k("rope.freq_base"), c.rope_theta);
+  out.set_u32(k("rope.dimension_count"), uint32_t(c.rotary_dim));
+  out.set_u32(k("expert_count"), uint32_t(c.num_experts));
+  out.set_u32(k("expert_used_count"), uint32_t(c.num_experts_per_tok));
+  out.set_u32(k("expert_feed_forward_length"), uint32_t(c.moe_intermediate_size));
+  if (c.intermediate_size > 0) out.set_u32(k("feed_forward_length"), uint32_t(c.intermediate_size));
+  out.set_bool(k("expert_weights_norm"), c.norm_topk_prob);
+  if (c.arch == Arch::Qwen35Moe) {
+    out.set_u32(k("expert_shared_feed_forward_length"), uint32_t(c.shared_expert_intermediate_size));
+    std::vector<int32_t> sections(c.mrope_section.begin(), c.mrope_section.end());
+    if (sections.empty()) sections = {c.rotary_dim / 2};
+    sections.resize(4, 0);
+    out.set_array(k("rope.dimension_sections"), sections);
+    out.set_u32(k("ssm.conv_kernel"), uint32_t(c.linear_conv_kernel));
+    out.set_u32(k("ssm.state_size"), uint32_t(c.linear_k_head_dim));
+    out.set_u32(k("ssm.group_count"), uint32_t(c.linear_num_k_heads));
+    out.set_u32(k("ssm.time_step_rank"), uint32_t(c.linear_num_v_heads));
+    out.set_u32(k("ssm.inner_size"), uint32_t(c.linear_num_v_heads * c.linear_v_head_dim));
+    out.set_u32(k("nextn_predict_layers"), 0);
+    // llama.cpp knows the layer pattern only as an interval; any other pattern goes in our own key.
+    int interval = 0;
+    for (int i = 0; i < c.num_layers && !interval; ++i)
+      if (c.layer_kinds[size_t(i)] == LayerKind::FullAttention) interval = i + 1;
+    bool periodic = interval > 0;
+    for (int i = 0; i < c.num_layers; ++i)
+      periodic &= (c.layer_kinds[size_t(i)] == LayerKind::FullAttention) == ((i + 1) % interval == 0);
+    if (periodic) {
+      out.set_u32(k("full_attention_interval"), uint32_t(interval));
+    } else {
+      std::vector<std::string> types;
+      for (LayerKind kind : c.layer_kinds)
+        types.push_back(kind == LayerKind::FullAttention ? "full_attention" : "linear_attention");
+      out.set_array("flashmoe.layer_types", types);
+    }
+  }
+  if (!c.eos_token_ids.empty()) out.set_u32("tokenizer.ggml.eos_token_id", uint32_t(c.eos_token_ids[0]));
+}
+
+bool block_fits(DType t, int64_t cols) { return cols % dtype_info(t).block == 0; }
+
+}  // namespace
+
+DType parse_output_type(const std::string& name, const char* what) {
+  const std::optional<DType> t = dtype_from_name(name);
+  if (!t || !can_quantize(*t)) {
+    std::vector<std::string> names;
+    for (int i = 0; i < kNumDTypes; ++i)
+      if (can_quantize(DType(i))) names.emplace_back(dtype_name(DType(i)));
+    fail("{} '{}' is not a type flashmoe can write (one of: {})", what, name, fmt::join(names, ", "));
+  }
+  return *t;
+}
+
+TensorTypeRule parse_tensor_type_rule(const std::string& text) {
+  const size_t eq = text.rfind('=');
+  if (eq == std::string::npos || eq == 0) fail("--tensor-type '{}' is not REGEX=TYPE", text);
+  TensorTypeRule rule{text.substr(0, eq), parse_output_type(text.substr(eq + 1), "--tensor-type")};
+  try {
+    std::regex check(rule.pattern);
+  } catch (const std::regex_error& e) {
+    fail("--tensor-type '{}': bad regular expression: {}", text, e.what());
+  }
+  return rule;
+}
+
+void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::path& output,
+                     const ConvertOptions& options, const std::function<void(const ConvertProgress&)>& progress) {
+  const std::unique_ptr<Model> model = Model::load(input);
+  std::vector<Plan> plans = plan_from_model(*model);
+  std::vector<std::pair<std::regex, DType>> rules;
+  for (const TensorTypeRule& r : options.rules) rules.emplace_back(std::regex(r.pattern), r.type);
+
+  // Choose each tensor's type, falling back where its rows are not whole blocks (llama-quantize
+  // does the same): a 256-block type to Q8_0 where rows hold 32-blocks, else F16.
+  std::vector<DType> types;
+  for (const Plan& p : plans) {
+    DType t = p.is_expert && options.expert_type ? *options.expert_type : options.type;
+    if (p.keep_f32 || p.shape.size() == 1) t = DType::F32;
+    for (const auto& [re, type] : rules)
+      if (std::regex_search(p.name, re)) {
+        t = type;
+        break;
+      }
+    if (!block_fits(t, p.shape.back())) t = block_fits(DType::Q8_0, p.shape.back()) && is_quantized(t) ? DType::Q8_0 : DType::F16;
+    types.push_back(t);
+  }
+
+  GgufWriter out(output);
+  write_metadata(out, model->config, options.type, input.string());
+  for (size_t i = 0; i < plans.size(); ++i) out.declare(plans[i].name, types[i], plans[i].shape);
+  out.begin_data();
+
+  ThreadPool pool(std::max(1, options.threads));
+  uint64_t in_total = 0, in_done = 0;
+  for (const Plan& p : plans) in_total += uint64_t(rows_of(p)) * uint64_t(p.shape.back()) * 4;
+  std::vector<std::byte> buffer;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const Plan& p = plans[i];
+    const int64_t rows = rows_of(p), cols = p.shape.back();
+    const uint64_t row_bytes = *dtype_row_bytes(types[i], uint64_t(cols));
+    buffer.resize(size_t(row_bytes * uint64_t(rows)));
+    pool.parallel_for(rows, 16, [&](int64_t r0, int64_t r1, int) {
+      std::vector<float> row(size_t(cols));
+      for (int64_t r = r0; r < r1; ++r) {
+        p.row(r, row.data());
+        quantize_row(types[i], row.data(), cols, buffer.data() + uint64_t(r) * row_bytes);
+      }
+    });
+    out.append(buffer.data(), buffer.size());
+    in_done += uint64_t(rows) * uint64_t(cols) * 4;
+    if (progress) progress(ConvertProgress{i, plans.size(), p.name, types[i], in_done, in_total});
+  }
+  out.finish();
+}
+
+}  // namespace fm
