@@ -23,11 +23,22 @@ namespace {
 struct Plan {
   std::string name;
   std::vector<int64_t> shape;
-  bool is_expert = false;
-  bool keep_f32 = false;  // small or precision-critical: norms, conv taps, gates of the router
   std::function<void(int64_t row, float* out)> row;
-  const TensorView* copy_from = nullptr;  // GGUF input whose bytes can be copied as they are
+  const TensorView* source = nullptr;  // GGUF input: copied as it is when the type stays
 };
+
+// Tensors kept in F32 whatever the requested type, as llama.cpp's converters keep them: vectors
+// (norms, biases), conv taps, the router, and the DeltaNet gates, which are small and sensitive.
+bool keeps_f32(const std::string& name, size_t rank) {
+  if (rank == 1) return true;
+  for (const char* suffix : {"ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "ssm_conv1d.weight",
+                             "ssm_alpha.weight", "ssm_beta.weight"})
+    if (name.size() >= std::strlen(suffix) && name.compare(name.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
+      return true;
+  return false;
+}
+
+bool is_expert_tensor(const std::string& name) { return name.find("_exps.") != std::string::npos; }
 
 int64_t rows_of(const Plan& p) {
   int64_t rows = 1;
@@ -38,14 +49,14 @@ int64_t rows_of(const Plan& p) {
 void read_mat_row(const Mat& m, int64_t r, float* out) { dequantize_row(m.dtype, m.data + uint64_t(r) * m.row_bytes, m.cols, out); }
 
 Plan mat_plan(std::string name, const Mat& m) {
-  return Plan{std::move(name), {m.rows, m.cols}, false, false, [m](int64_t r, float* out) { read_mat_row(m, r, out); }};
+  return Plan{std::move(name), {m.rows, m.cols}, [m](int64_t r, float* out) { read_mat_row(m, r, out); }};
 }
 
 Plan vec_plan(std::string name, std::vector<float> v, std::vector<int64_t> shape = {}) {
   if (shape.empty()) shape = {int64_t(v.size())};
   const int64_t cols = shape.back();
   auto data = std::make_shared<std::vector<float>>(std::move(v));
-  return Plan{std::move(name), std::move(shape), false, true,
+  return Plan{std::move(name), std::move(shape),
               [data, cols](int64_t r, float* out) { std::copy_n(data->data() + r * cols, cols, out); }};
 }
 
@@ -55,7 +66,7 @@ Plan stacked_plan(std::string name, const std::vector<FfnWeights>& experts, Mat 
   const int64_t rows = first.rows;
   std::vector<Mat> mats;
   for (const FfnWeights& e : experts) mats.push_back(e.*role);
-  return Plan{std::move(name), {int64_t(experts.size()), rows, first.cols}, true, false,
+  return Plan{std::move(name), {int64_t(experts.size()), rows, first.cols},
               [mats, rows](int64_t r, float* out) { read_mat_row(mats[size_t(r / rows)], r % rows, out); }};
 }
 
@@ -124,16 +135,14 @@ std::vector<Plan> plan_from_model(const Model& model) {
       plans.push_back(vec_plan(n("ssm_norm.weight"), d.norm));
       Plan out = mat_plan(n("ssm_out.weight"), d.out);
       out.row = [m = d.out, order](int64_t r, float* dst) {
-        std::vector<float> src(size_t(m.cols));
+        std::vector<float> src(static_cast<size_t>(m.cols));
         read_mat_row(m, r, src.data());
         for (int64_t col = 0; col < m.cols; ++col) dst[col] = src[size_t(order.old_row(col))];
       };
       plans.push_back(std::move(out));
     }
     if (L.is_moe) {
-      Plan router = mat_plan(n("ffn_gate_inp.weight"), L.moe.router);
-      router.keep_f32 = true;
-      plans.push_back(std::move(router));
+      plans.push_back(mat_plan(n("ffn_gate_inp.weight"), L.moe.router));
       plans.push_back(stacked_plan(n("ffn_gate_exps.weight"), L.moe.experts, &FfnWeights::gate));
       plans.push_back(stacked_plan(n("ffn_up_exps.weight"), L.moe.experts, &FfnWeights::up));
       plans.push_back(stacked_plan(n("ffn_down_exps.weight"), L.moe.experts, &FfnWeights::down));
@@ -143,7 +152,6 @@ std::vector<Plan> plan_from_model(const Model& model) {
         plans.push_back(mat_plan(n("ffn_down_shexp.weight"), L.moe.shared.down));
         Plan g = mat_plan(n("ffn_gate_inp_shexp.weight"), L.moe.shared_gate);
         g.shape = {c.hidden_size};
-        g.keep_f32 = true;
         plans.push_back(std::move(g));
       }
     } else {
@@ -151,6 +159,24 @@ std::vector<Plan> plan_from_model(const Model& model) {
       plans.push_back(mat_plan(n("ffn_up.weight"), L.mlp.up));
       plans.push_back(mat_plan(n("ffn_down.weight"), L.mlp.down));
     }
+  }
+  return plans;
+}
+
+// A GGUF input: every tensor as it is, to be copied or requantized.
+std::vector<Plan> plan_from_gguf(const GgufFile& file) {
+  std::vector<Plan> plans;
+  for (const GgufTensor& t : file.tensors()) {
+    const TensorView* v = &t.view;
+    const int64_t cols = int64_t(t.ne[0]);
+    if (!can_dequantize(v->dtype))
+      fail("{}: tensor '{}' has type {}, which flashmoe cannot read", file.path(), v->name, dtype_name(v->dtype));
+    const uint64_t row_bytes = *dtype_row_bytes(v->dtype, uint64_t(cols));
+    plans.push_back(Plan{v->name, v->shape,
+                         [v, cols, row_bytes](int64_t r, float* out) {
+                           dequantize_row(v->dtype, v->data + uint64_t(r) * row_bytes, cols, out);
+                         },
+                         v});
   }
   return plans;
 }
@@ -207,9 +233,9 @@ void write_metadata(GgufWriter& out, const ModelConfig& c, DType main_type, cons
   out.set_bool(k("expert_weights_norm"), c.norm_topk_prob);
   if (c.arch == Arch::Qwen35Moe) {
     out.set_u32(k("expert_shared_feed_forward_length"), uint32_t(c.shared_expert_intermediate_size));
-    std::vector<int32_t> sections(c.mrope_section.begin(), c.mrope_section.end());
-    if (sections.empty()) sections = {c.rotary_dim / 2};
-    sections.resize(4, 0);
+    std::vector<int32_t> sections(4, 0);
+    for (size_t i = 0; i < std::min<size_t>(3, c.mrope_section.size()); ++i) sections[i] = c.mrope_section[i];
+    if (c.mrope_section.empty()) sections[0] = c.rotary_dim / 2;
     out.set_array(k("rope.dimension_sections"), sections);
     out.set_u32(k("ssm.conv_kernel"), uint32_t(c.linear_conv_kernel));
     out.set_u32(k("ssm.state_size"), uint32_t(c.linear_k_head_dim));
@@ -265,49 +291,71 @@ TensorTypeRule parse_tensor_type_rule(const std::string& text) {
 
 void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::path& output,
                      const ConvertOptions& options, const std::function<void(const ConvertProgress&)>& progress) {
-  const std::unique_ptr<Model> model = Model::load(input);
-  std::vector<Plan> plans = plan_from_model(*model);
+  // A GGUF input keeps its names, layout and metadata; a Hugging Face one is mapped to llama.cpp's.
+  std::error_code ec;
+  std::unique_ptr<Model> model;
+  std::optional<GgufFile> gguf;
+  std::vector<Plan> plans;
+  if (std::filesystem::is_regular_file(input, ec)) {
+    gguf.emplace(GgufFile::open(input));
+    config_from_gguf(*gguf);  // refuses architectures flashmoe cannot run
+    plans = plan_from_gguf(*gguf);
+  } else {
+    model = Model::load(input);
+    plans = plan_from_model(*model);
+  }
   std::vector<std::pair<std::regex, DType>> rules;
   for (const TensorTypeRule& r : options.rules) rules.emplace_back(std::regex(r.pattern), r.type);
 
-  // Choose each tensor's type, falling back where its rows are not whole blocks (llama-quantize
-  // does the same): a 256-block type to Q8_0 where rows hold 32-blocks, else F16.
+  // Each tensor's type: the rules first, then F32 for the tensors llama.cpp keeps in F32, then the
+  // expert or main type; where rows are not whole blocks, Q8_0 if they hold 32-blocks, else F16
+  // (as llama-quantize falls back).
   std::vector<DType> types;
   for (const Plan& p : plans) {
-    DType t = p.is_expert && options.expert_type ? *options.expert_type : options.type;
-    if (p.keep_f32 || p.shape.size() == 1) t = DType::F32;
+    std::optional<DType> t;
     for (const auto& [re, type] : rules)
-      if (std::regex_search(p.name, re)) {
-        t = type;
-        break;
-      }
-    if (!block_fits(t, p.shape.back())) t = block_fits(DType::Q8_0, p.shape.back()) && is_quantized(t) ? DType::Q8_0 : DType::F16;
-    types.push_back(t);
+      if (!t && std::regex_search(p.name, re)) t = type;
+    if (!t) t = keeps_f32(p.name, p.shape.size()) ? DType::F32
+                : is_expert_tensor(p.name) && options.expert_type ? *options.expert_type
+                                                                   : options.type;
+    const int64_t cols = p.shape.back();
+    if (!block_fits(*t, cols)) t = is_quantized(*t) && block_fits(DType::Q8_0, cols) ? DType::Q8_0 : DType::F16;
+    types.push_back(*t);
   }
 
   GgufWriter out(output);
-  write_metadata(out, model->config, options.type, input.string());
+  if (gguf) {
+    for (const GgufKv& kv : gguf->metadata())
+      if (kv.key != "general.alignment" && kv.key != "general.file_type") out.set(kv.key, kv.value);
+    out.set_u32("general.file_type", file_type_of(options.type));
+  } else {
+    write_metadata(out, model->config, options.type, input.string());
+  }
   for (size_t i = 0; i < plans.size(); ++i) out.declare(plans[i].name, types[i], plans[i].shape);
   out.begin_data();
 
   ThreadPool pool(std::max(1, options.threads));
   uint64_t in_total = 0, in_done = 0;
-  for (const Plan& p : plans) in_total += uint64_t(rows_of(p)) * uint64_t(p.shape.back()) * 4;
+  for (const Plan& p : plans) in_total += uint64_t(rows_of(p)) * uint64_t(p.shape.back());
   std::vector<std::byte> buffer;
   for (size_t i = 0; i < plans.size(); ++i) {
     const Plan& p = plans[i];
     const int64_t rows = rows_of(p), cols = p.shape.back();
-    const uint64_t row_bytes = *dtype_row_bytes(types[i], uint64_t(cols));
-    buffer.resize(size_t(row_bytes * uint64_t(rows)));
-    pool.parallel_for(rows, 16, [&](int64_t r0, int64_t r1, int) {
-      std::vector<float> row(size_t(cols));
-      for (int64_t r = r0; r < r1; ++r) {
-        p.row(r, row.data());
-        quantize_row(types[i], row.data(), cols, buffer.data() + uint64_t(r) * row_bytes);
-      }
-    });
-    out.append(buffer.data(), buffer.size());
-    in_done += uint64_t(rows) * uint64_t(cols) * 4;
+    if (p.source && p.source->dtype == types[i]) {
+      out.append(p.source->data, p.source->nbytes);
+    } else {
+      const uint64_t row_bytes = *dtype_row_bytes(types[i], uint64_t(cols));
+      buffer.resize(size_t(row_bytes * uint64_t(rows)));
+      pool.parallel_for(rows, 16, [&](int64_t r0, int64_t r1, int) {
+        std::vector<float> row(static_cast<size_t>(cols));
+        for (int64_t r = r0; r < r1; ++r) {
+          p.row(r, row.data());
+          quantize_row(types[i], row.data(), cols, buffer.data() + uint64_t(r) * row_bytes);
+        }
+      });
+      out.append(buffer.data(), buffer.size());
+    }
+    in_done += uint64_t(rows) * uint64_t(cols);
     if (progress) progress(ConvertProgress{i, plans.size(), p.name, types[i], in_done, in_total});
   }
   out.finish();

@@ -36,9 +36,9 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   c.max_position_embeddings = req("context_length");
   c.num_heads = req("attention.head_count");
   // head_count_kv may be per layer (0 on recurrent layers); every attention layer has the same count.
-  if (auto per_layer = f.try_int_array(key("attention.head_count_kv"))) {
+  if (const GgufValue* v = f.find(key("attention.head_count_kv")); v && v->type() == GgufType::ARRAY) {
     int64_t kv = 0;
-    for (int64_t v : *per_layer) kv = std::max(kv, v);
+    for (int64_t n : f.get_int_array(key("attention.head_count_kv"))) kv = std::max(kv, n);
     c.num_kv_heads = positive(key("attention.head_count_kv"), uint64_t(kv));
   } else {
     c.num_kv_heads = req("attention.head_count_kv");

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "formats/quant.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -98,8 +99,8 @@ class Binder {
 
   // Rows [first_row, first_row + rows) of a tensor whose rows have `cols` elements.
   Mat mat_of(const TensorView& t, int64_t rows, int64_t cols, int64_t first_row = 0) const {
-    if (!is_float_weight(t.dtype))
-      fail("{}: tensor '{}' has type {}, which flashmoe cannot compute with yet", t.file, t.name, dtype_name(t.dtype));
+    if (!can_dequantize(t.dtype) || !dtype_row_bytes(t.dtype, uint64_t(cols)))
+      fail("{}: tensor '{}' has type {}, which flashmoe cannot compute with", t.file, t.name, dtype_name(t.dtype));
     const uint64_t row_bytes = *dtype_row_bytes(t.dtype, uint64_t(cols));
     return Mat{t.dtype, rows, cols, t.data + uint64_t(first_row) * row_bytes, row_bytes};
   }

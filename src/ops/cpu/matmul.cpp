@@ -4,13 +4,17 @@
 // The work is split over output rows (each thread streams its own slice of the weights). Tokens go
 // through the tile kernels at most kMaxTileTokens at a time, so every weight loaded serves several
 // tokens; with more tokens than one tile, rows are taken in blocks that stay in L2 while all the
-// tiles pass over them, so prefill reads the weights from memory about once.
+// tiles pass over them, so prefill reads the weights from memory about once. Block-quantized
+// weights take the same blocking and threading with the kernels of matmul_quant*.cpp.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <optional>
 
 #include "ops/cpu/cpu_backend.h"
 #include "ops/cpu/kernels.h"
+#include "formats/quant.h"
+#include "ops/cpu/matmul_quant.h"
 #include "util/error.h"
 
 namespace fm::cpu {
@@ -86,13 +90,20 @@ const char* matmul_isa() { return use_avx2() ? "avx2" : "scalar"; }
 void set_force_scalar(bool force) { g_force_scalar.store(force, std::memory_order_relaxed); }
 
 void matmul(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
-  FM_CHECK(is_float_weight(w.dtype), "matmul does not read {} weights", dtype_name(w.dtype));
+  const bool quantized = is_quantized(w.dtype);
+  FM_CHECK(is_float_weight(w.dtype) || (quantized && detail::quant_tile_supported(w.dtype)),
+           "matmul does not read {} weights", dtype_name(w.dtype));
   FM_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0, "matmul shape: n={} rows={} cols={}", n, w.rows, w.cols);
-  FM_CHECK(w.row_bytes >= uint64_t(w.cols) * uint64_t(dtype_info(w.dtype).block_bytes),
-           "matmul row of {} {} values in {} bytes", w.cols, dtype_name(w.dtype), w.row_bytes);
+  const std::optional<uint64_t> min_row_bytes = dtype_row_bytes(w.dtype, uint64_t(w.cols));
+  FM_CHECK(min_row_bytes && w.row_bytes >= *min_row_bytes, "matmul row of {} {} values in {} bytes", w.cols,
+           dtype_name(w.dtype), w.row_bytes);
   if (n == 0 || w.rows == 0) return;
 
-  const TileKernel kernel = use_avx2() ? detail::avx2_tile_kernel(w.dtype) : scalar_tile_kernel(w.dtype);
+  TileKernel kernel;
+  if (quantized)
+    kernel = use_avx2() ? detail::avx2_quant_tile_kernel(w.dtype) : detail::scalar_quant_tile_kernel(w.dtype);
+  else
+    kernel = use_avx2() ? detail::avx2_tile_kernel(w.dtype) : scalar_tile_kernel(w.dtype);
   const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
   const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
   const int64_t block_rows =
@@ -111,26 +122,12 @@ void matmul(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
 }
 
 void embed(const Mat& table, const int32_t* ids, int n, float* out) {
-  FM_CHECK(is_float_weight(table.dtype), "embed does not read {} tables", dtype_name(table.dtype));
-  const int64_t cols = table.cols;
+  FM_CHECK(can_dequantize(table.dtype), "embed does not read {} tables", dtype_name(table.dtype));
   for (int t = 0; t < n; ++t) {
     FM_CHECK(ids[t] >= 0 && ids[t] < table.rows, "token id {} outside the table of {} rows", ids[t],
              table.rows);
-    const std::byte* row = table.data + uint64_t(ids[t]) * table.row_bytes;
-    float* o = out + int64_t(t) * cols;
-    switch (table.dtype) {
-      case DType::F32:
-        std::memcpy(o, row, size_t(cols) * 4);
-        break;
-      case DType::F16:
-        for (int64_t c = 0; c < cols; ++c) o[c] = detail::f16_at(row, c);
-        break;
-      case DType::BF16:
-        for (int64_t c = 0; c < cols; ++c) o[c] = detail::bf16_at(row, c);
-        break;
-      default:
-        break;
-    }
+    dequantize_row(table.dtype, table.data + uint64_t(ids[t]) * table.row_bytes, table.cols,
+                   out + int64_t(t) * table.cols);
   }
 }
 

@@ -1,0 +1,84 @@
+// Decode matvec (one token) over block-quantized weights, per format: weights per second
+// (items = rows * cols per call) for a 4096 x 4096 matrix on 1 and 2 threads. The matrix (2.5 to
+// 18 MB depending on the format) is reused every call, so this measures the decode-and-dot kernel
+// rather than DRAM; compare with BM_matmul_bf16 in bench_matmul for the float path.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "formats/quant_blocks.h"
+#include "ops/cpu/kernels.h"
+#include "util/half.h"
+#include "util/thread_pool.h"
+
+namespace {
+
+constexpr int64_t kRows = 4096, kCols = 4096;
+
+// Random blocks with finite, moderate scales (the values do not change the work per block).
+template <class Q>
+std::vector<std::byte> random_weights(int64_t n_blocks) {
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::vector<std::byte> out(size_t(n_blocks) * sizeof(typename Q::Block));
+  for (auto& b : out) b = std::byte(byte(rng));
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    typename Q::Block b;
+    std::memcpy(&b, out.data() + i * int64_t(sizeof(b)), sizeof(b));
+    const uint16_t scale = fm::f32_to_f16(std::ldexp(1.0f, -(byte(rng) % 8)));
+    if constexpr (requires { b.d; }) b.d = scale;
+    if constexpr (requires { b.dmin; }) b.dmin = scale;
+    if constexpr (requires { b.m; }) b.m = scale;
+    if constexpr (requires { b.e; }) b.e = uint8_t(120 + byte(rng) % 10);
+    std::memcpy(out.data() + i * int64_t(sizeof(b)), &b, sizeof(b));
+  }
+  return out;
+}
+
+template <class Q>
+void BM_matvec_quant(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  const uint64_t row_bytes = uint64_t(kCols / Q::kBlock) * sizeof(typename Q::Block);
+  const std::vector<std::byte> weights = random_weights<Q>(kRows * kCols / Q::kBlock);
+  const fm::Mat w{Q::kType, kRows, kCols, weights.data(), row_bytes};
+  std::vector<float> x(static_cast<size_t>(kCols), 0.5f), y(static_cast<size_t>(kRows));
+  fm::ThreadPool pool(threads);
+  for (auto _ : state) {
+    fm::cpu::matmul(w, x.data(), 1, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * kRows * kCols);
+  state.SetBytesProcessed(int64_t(state.iterations() * w.nbytes()));
+  state.SetLabel(fm::cpu::matmul_isa());
+}
+
+#define FM_QUANT_BENCH(T)                                                                                 \
+  BENCHMARK_TEMPLATE(BM_matvec_quant, fm::quant::T)->Name("BM_matvec_" #T)->ArgName("threads")->Arg(1)->Arg(2) \
+      ->UseRealTime()->MinWarmUpTime(0.2)
+
+FM_QUANT_BENCH(Q4_0);
+FM_QUANT_BENCH(Q4_1);
+FM_QUANT_BENCH(Q5_0);
+FM_QUANT_BENCH(Q5_1);
+FM_QUANT_BENCH(Q8_0);
+FM_QUANT_BENCH(IQ4_NL);
+FM_QUANT_BENCH(MXFP4);
+FM_QUANT_BENCH(Q2_K);
+FM_QUANT_BENCH(Q3_K);
+FM_QUANT_BENCH(Q4_K);
+FM_QUANT_BENCH(Q5_K);
+FM_QUANT_BENCH(Q6_K);
+FM_QUANT_BENCH(IQ2_XXS);
+FM_QUANT_BENCH(IQ2_XS);
+FM_QUANT_BENCH(IQ2_S);
+FM_QUANT_BENCH(IQ3_XXS);
+FM_QUANT_BENCH(IQ3_S);
+FM_QUANT_BENCH(IQ4_XS);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,541 @@
+// Row conversions for the stored weight formats: the dispatch over formats/quant_blocks.h, the
+// quantizers and MLX affine dequantization.
+#include "formats/quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "util/error.h"
+#include "util/half.h"
+
+// gguf-py computes every step in float32 numpy, which never fuses a multiply with an add. C++ lets
+// the compiler contract a * b + c into one FMA (GCC does by default wherever FMA is enabled, e.g.
+// with -march=native), which rounds once where numpy rounds twice. Contraction is off for the rest
+// of this file, including the block traits included below.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "formats/quant_blocks.h"
+
+namespace fm {
+
+namespace {
+
+using namespace quant;
+
+template <class Q>
+void dequantize_blocks(const std::byte* src, int64_t n_blocks, float* out) {
+  for (int64_t i = 0; i < n_blocks; ++i)
+    Q::dequantize_block(src + i * int64_t(sizeof(typename Q::Block)), out + i * Q::kBlock);
+}
+
+// ---- quantizers that follow gguf-py bit for bit ---------------------------------------------------
+
+// gguf-py's reciprocal: np.where(d == 0, 0, 1 / d).
+float inverse_or_zero(float d) { return d == 0.0f ? 0.0f : 1.0f / d; }
+
+// np.trunc(v).astype(np.uint8).clip(0, hi) for the v >= 0 these quantizers produce from finite input.
+int trunc_level(float v, int hi) {
+  if (!(v > 0.0f)) return 0;
+  return v >= float(hi) ? hi : int(v);
+}
+
+// The element of largest magnitude, sign kept; the first of equals (numpy's argmax).
+float signed_absmax(const float* x, int n) {
+  float amax = std::fabs(x[0]), max = x[0];
+  for (int j = 1; j < n; ++j) {
+    if (std::fabs(x[j]) > amax) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  return max;
+}
+
+void quantize_block(const float* x, Q8_0::Block& b) {
+  float amax = 0.0f;
+  for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.0f;
+  const float id = inverse_or_zero(d);
+  // np_roundf rounds half away from zero, as std::round does; |x * id| <= 127 for finite input.
+  for (int j = 0; j < 32; ++j) b.qs[j] = int8_t(std::clamp(std::round(x[j] * id), -127.0f, 127.0f));
+  b.d = f32_to_f16(d);
+}
+
+// Q4_0 / Q5_0: d maps the signed extreme to level 0; levels = trunc(x / d + offset + 0.5). Returns
+// d as f16.
+template <int kLevels>
+uint16_t quantize_symmetric(const float* x, int* q) {
+  constexpr float offset = kLevels / 2;
+  const float d = signed_absmax(x, 32) / -offset;
+  const float id = inverse_or_zero(d);
+  for (int j = 0; j < 32; ++j) q[j] = trunc_level(x[j] * id + (offset + 0.5f), kLevels - 1);
+  return f32_to_f16(d);
+}
+
+struct ScaleMin16 {
+  uint16_t d, m;  // f16
+};
+
+// Q4_1 / Q5_1: levels = trunc((x - min) / d + 0.5) with d = (max - min) / (levels - 1).
+template <int kLevels>
+ScaleMin16 quantize_affine(const float* x, int* q) {
+  float min = x[0], max = x[0];
+  for (int j = 1; j < 32; ++j) {
+    min = std::min(min, x[j]);
+    max = std::max(max, x[j]);
+  }
+  const float d = (max - min) / float(kLevels - 1);
+  const float id = inverse_or_zero(d);
+  for (int j = 0; j < 32; ++j) q[j] = trunc_level((x[j] - min) * id + 0.5f, kLevels - 1);
+  return {f32_to_f16(d), f32_to_f16(min)};
+}
+
+void pack_nibbles(const int* q, uint8_t* qs) {
+  for (int j = 0; j < 16; ++j) qs[j] = uint8_t((q[j] & 0xF) | (q[j + 16] & 0xF) << 4);
+}
+
+void pack_high_bits(const int* q, uint8_t* qh) {
+  uint32_t bits = 0;
+  for (int j = 0; j < 32; ++j) bits |= uint32_t(q[j] >> 4) << j;
+  std::memcpy(qh, &bits, 4);
+}
+
+void quantize_block(const float* x, Q4_0::Block& b) {
+  int q[32];
+  b.d = quantize_symmetric<16>(x, q);
+  pack_nibbles(q, b.qs);
+}
+
+void quantize_block(const float* x, Q4_1::Block& b) {
+  int q[32];
+  const ScaleMin16 dm = quantize_affine<16>(x, q);
+  b.d = dm.d;
+  b.m = dm.m;
+  pack_nibbles(q, b.qs);
+}
+
+void quantize_block(const float* x, Q5_0::Block& b) {
+  int q[32];
+  b.d = quantize_symmetric<32>(x, q);
+  pack_nibbles(q, b.qs);
+  pack_high_bits(q, b.qh);
+}
+
+void quantize_block(const float* x, Q5_1::Block& b) {
+  int q[32];
+  const ScaleMin16 dm = quantize_affine<32>(x, q);
+  b.d = dm.d;
+  b.m = dm.m;
+  pack_nibbles(q, b.qs);
+  pack_high_bits(q, b.qh);
+}
+
+// ---- llama.cpp's reference quantizers (ggml-quants.c, quantize_row_*_ref) --------------------------
+// gguf-py does not implement these; they follow llama.cpp's algorithms and are tested by round-trip
+// error, not bit for bit.
+
+constexpr float kGroupMaxEps = 1e-15f;
+
+// Round to nearest, ties to even (ggml's nearest_int).
+int nearest_int(float v) { return int(std::lrint(v)); }
+
+// make_qkx2_quants: levels 0..nmax with a scale and a min (returned as -min) for n values, fitted
+// by weighted least squares over a sweep of candidate scales around (max - min) / nmax.
+float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float& the_min,
+                       uint8_t* Laux, float rmin, float rdelta, int nstep) {
+  float min = x[0], max = x[0];
+  float sum_w = weights[0], sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    min = std::min(min, x[i]);
+    max = std::max(max, x[i]);
+    sum_w += weights[i];
+    sum_x += weights[i] * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max == min) {
+    std::fill(L, L + n, uint8_t(0));
+    the_min = -min;
+    return 0.0f;
+  }
+  float iscale = float(nmax) / (max - min);
+  float scale = 1 / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    L[i] = uint8_t(std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax));
+    const float diff = scale * L[i] + min - x[i];
+    best_error += weights[i] * diff * diff;
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * float(is) + float(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax);
+      Laux[i] = uint8_t(l);
+      const float w = weights[i];
+      sum_l += w * float(l);
+      sum_l2 += w * float(l * l);
+      sum_xl += w * float(l) * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float cur_error = 0;
+      for (int i = 0; i < n; ++i) {
+        const float diff = this_scale * Laux[i] + this_min - x[i];
+        cur_error += weights[i] * diff * diff;
+      }
+      if (cur_error < best_error) {
+        std::copy(Laux, Laux + n, L);
+        best_error = cur_error;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  the_min = -min;
+  return scale;
+}
+
+// Q4_K and Q5_K share everything but the number of levels and the sweep (make_qkx2_quants'
+// rmin, rdelta, nstep as llama.cpp sets them per type).
+// Returns d and dmin as f16; packed gets the 12 bytes of 6-bit scales and mins, L the levels.
+template <int kMaxLevel>
+ScaleMin16 quantize_k_scales_mins(const float* x, uint8_t* packed, uint8_t* L, float rmin, float rdelta, int nstep) {
+  float scales[8], mins[8], weights[32];
+  uint8_t Laux[32];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    const float* xb = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xb[l] * xb[l];
+    const float av_x = std::sqrt(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xb[l]);
+    scales[j] = make_qkx2_quants(32, kMaxLevel, xb, weights, L + 32 * j, mins[j], Laux, rmin, rdelta, nstep);
+    max_scale = std::max(max_scale, scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+  const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    const uint8_t ls = uint8_t(std::min(63, nearest_int(inv_scale * scales[j])));
+    const uint8_t lm = uint8_t(std::min(63, nearest_int(inv_min * mins[j])));
+    if (j < 4) {
+      packed[j] = ls;
+      packed[j + 4] = lm;
+    } else {
+      packed[j + 4] = uint8_t((ls & 0xF) | (lm & 0xF) << 4);
+      packed[j - 4] |= uint8_t((ls >> 4) << 6);
+      packed[j] |= uint8_t((lm >> 4) << 6);
+    }
+  }
+  const uint16_t d16 = f32_to_f16(max_scale / 63.0f), dmin16 = f32_to_f16(max_min / 63.0f);
+  // Final levels against the scales as stored (6-bit, times the f16 super-scales).
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    k4_scale_min(packed, j, sc, m);
+    const float d = f16_to_f32(d16) * float(sc);
+    if (d == 0.0f) continue;
+    const float dm = f16_to_f32(dmin16) * float(m);
+    for (int l = 0; l < 32; ++l) L[32 * j + l] = uint8_t(std::clamp(nearest_int((x[32 * j + l] + dm) / d), 0, kMaxLevel));
+  }
+  return {d16, dmin16};
+}
+
+void quantize_block(const float* x, Q4_K::Block& b) {
+  uint8_t L[256];
+  const ScaleMin16 dm = quantize_k_scales_mins<15>(x, b.scales, L, -1.0f, 0.1f, 20);
+  b.d = dm.d;
+  b.dmin = dm.m;
+  for (int j = 0; j < 4; ++j)
+    for (int l = 0; l < 32; ++l) b.qs[32 * j + l] = uint8_t(L[64 * j + l] | L[64 * j + 32 + l] << 4);
+}
+
+void quantize_block(const float* x, Q5_K::Block& b) {
+  uint8_t L[256];
+  const ScaleMin16 dm = quantize_k_scales_mins<31>(x, b.scales, L, -0.5f, 0.1f, 15);
+  b.d = dm.d;
+  b.dmin = dm.m;
+  std::memset(b.qh, 0, sizeof(b.qh));
+  for (int j = 0; j < 8; ++j)
+    for (int l = 0; l < 32; ++l) b.qh[l] |= uint8_t((L[32 * j + l] >> 4) << j);
+  for (int j = 0; j < 4; ++j)
+    for (int l = 0; l < 32; ++l) b.qs[32 * j + l] = uint8_t((L[64 * j + l] & 0xF) | (L[64 * j + 32 + l] & 0xF) << 4);
+}
+
+// make_qx_quants with rmse_type 1 (weights x^2): signed levels -nmax..nmax-1, stored + nmax, for
+// the best of a sweep of scales around max / -nmax.
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
+  float max = 0, amax = 0;
+  for (int i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  if (amax < kGroupMaxEps) {
+    std::fill(L, L + n, int8_t(0));
+    return 0.0f;
+  }
+  const auto level = [&](float iscale, int i) { return std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1); };
+  float iscale = -float(nmax) / max;
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = level(iscale, i);
+    L[i] = int8_t(l + nmax);
+    const float w = x[i] * x[i];
+    sumlx += w * x[i] * float(l);
+    suml2 += w * float(l * l);
+  }
+  float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(float(nmax) + 0.1f * float(is)) / max;
+    sumlx = suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = level(iscale, i);
+      const float w = x[i] * x[i];
+      sumlx += w * x[i] * float(l);
+      suml2 += w * float(l * l);
+    }
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i) L[i] = int8_t(nmax + level(iscale, i));
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+void quantize_block(const float* x, Q6_K::Block& b) {
+  int8_t L[256];
+  float scales[16];
+  float max_scale = 0, max_abs_scale = 0;
+  for (int g = 0; g < 16; ++g) {
+    scales[g] = make_qx_quants(16, 32, x + 16 * g, L + 16 * g);
+    if (std::fabs(scales[g]) > max_abs_scale) {
+      max_abs_scale = std::fabs(scales[g]);
+      max_scale = scales[g];
+    }
+  }
+  if (max_abs_scale < kGroupMaxEps) {
+    std::memset(&b, 0, sizeof(b));
+    return;
+  }
+  const float iscale = -128.0f / max_scale;
+  b.d = f32_to_f16(1 / iscale);
+  for (int g = 0; g < 16; ++g) b.scales[g] = int8_t(std::min(127, nearest_int(iscale * scales[g])));
+  for (int g = 0; g < 16; ++g) {
+    const float d = f16_to_f32(b.d) * float(b.scales[g]);
+    if (d == 0.0f) continue;
+    for (int l = 0; l < 16; ++l) L[16 * g + l] = int8_t(std::clamp(nearest_int(x[16 * g + l] / d), -32, 31) + 32);
+  }
+  for (int h = 0; h < 2; ++h) {
+    const int8_t* Lh = L + 128 * h;
+    for (int l = 0; l < 32; ++l) {
+      b.ql[64 * h + l] = uint8_t((Lh[l] & 0xF) | (Lh[l + 64] & 0xF) << 4);
+      b.ql[64 * h + l + 32] = uint8_t((Lh[l + 32] & 0xF) | (Lh[l + 96] & 0xF) << 4);
+      b.qh[32 * h + l] =
+          uint8_t((Lh[l] >> 4) | (Lh[l + 32] >> 4) << 2 | (Lh[l + 64] >> 4) << 4 | (Lh[l + 96] >> 4) << 6);
+    }
+  }
+}
+
+// best_index_int8: the nearest of the 16 sorted IQ4 levels.
+int best_index_iq4(float x) {
+  const int8_t* v = tables::kValuesIq4nl;
+  if (x <= v[0]) return 0;
+  if (x >= v[15]) return 15;
+  int ml = 0, mu = 15;
+  while (mu - ml > 1) {
+    const int mid = (ml + mu) / 2;
+    if (x < v[mid])
+      mu = mid;
+    else
+      ml = mid;
+  }
+  return x - v[mu - 1] < v[mu] - x ? mu - 1 : mu;
+}
+
+// quantize_row_iq4_nl_impl for IQ4_XS without an importance matrix (ntry = 7): per 32 values the
+// scale that best fits the non-linear levels (weights x^2), then 6-bit scales under one f16 scale.
+void quantize_block(const float* x, IQ4_XS::Block& b) {
+  constexpr int kTry = 7;
+  const int8_t* values = tables::kValuesIq4nl;
+  uint8_t L[256];
+  float scales[8];
+  float max_scale = 0, amax_scale = 0;
+  for (int ib = 0; ib < 8; ++ib) {
+    const float* xb = x + 32 * ib;
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; ++j) {
+      if (std::fabs(xb[j]) > amax) {
+        amax = std::fabs(xb[j]);
+        max = xb[j];
+      }
+    }
+    if (amax < kGroupMaxEps) {
+      scales[ib] = 0;
+      continue;
+    }
+    const auto fit = [&](float id, float& sumqx, float& sumq2) {
+      sumqx = sumq2 = 0;
+      for (int j = 0; j < 32; ++j) {
+        const float q = values[best_index_iq4(id * xb[j])];
+        const float w = xb[j] * xb[j];
+        sumqx += w * q * xb[j];
+        sumq2 += w * q * q;
+      }
+    };
+    float sumqx, sumq2;
+    fit(1 / (-max / values[0]), sumqx, sumq2);
+    float d = sumqx / sumq2;
+    float best = d * sumqx;
+    for (int itry = -kTry; itry <= kTry; ++itry) {
+      fit(float(itry + values[0]) / max, sumqx, sumq2);
+      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+        d = sumqx / sumq2;
+        best = d * sumqx;
+      }
+    }
+    scales[ib] = d;
+    if (std::fabs(d) > amax_scale) {
+      amax_scale = std::fabs(d);
+      max_scale = d;
+    }
+  }
+  const float d = -max_scale / 32;
+  b.d = f32_to_f16(d);
+  b.scales_h = 0;
+  std::memset(b.scales_l, 0, sizeof(b.scales_l));
+  const float id = d != 0 ? 1 / d : 0.0f;
+  for (int ib = 0; ib < 8; ++ib) {
+    int l = std::clamp(nearest_int(id * scales[ib]), -32, 31);
+    const float dl = d * float(l);
+    const float idl = dl != 0 ? 1 / dl : 0.0f;
+    for (int j = 0; j < 32; ++j) L[32 * ib + j] = uint8_t(best_index_iq4(idl * x[32 * ib + j]));
+    l += 32;
+    b.scales_l[ib / 2] |= uint8_t((l & 0xF) << (4 * (ib % 2)));
+    b.scales_h = uint16_t(b.scales_h | (l >> 4) << (2 * ib));
+  }
+  for (int ib = 0; ib < 8; ++ib)
+    for (int j = 0; j < 16; ++j) b.qs[16 * ib + j] = uint8_t(L[32 * ib + j] | L[32 * ib + 16 + j] << 4);
+}
+
+template <class Q>
+concept Quantizable = requires(const float* x, typename Q::Block& b) { quantize_block(x, b); };
+
+template <class Q>
+void quantize_blocks(const float* src, int64_t n_blocks, std::byte* dst) {
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    typename Q::Block b{};
+    quantize_block(src + i * Q::kBlock, b);
+    std::memcpy(dst + i * int64_t(sizeof(b)), &b, sizeof(b));
+  }
+}
+
+void check_row(DType t, int64_t n) {
+  FM_CHECK(n >= 0 && n % dtype_info(t).block == 0, "{} values are not whole {} blocks", n, dtype_name(t));
+}
+
+}  // namespace
+
+bool can_dequantize(DType t) {
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || visit_format(t, [](auto) {});
+}
+
+bool can_quantize(DType t) {
+  bool can = t == DType::F32 || t == DType::F16 || t == DType::BF16;
+  visit_format(t, [&](auto q) { can = Quantizable<decltype(q)>; });
+  return can;
+}
+
+void dequantize_row(DType t, const std::byte* src, int64_t n, float* out) {
+  check_row(t, n);
+  switch (t) {
+    case DType::F32:
+      std::memcpy(out, src, size_t(n) * 4);
+      return;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        out[i] = f16_to_f32(h);
+      }
+      return;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        out[i] = bf16_to_f32(h);
+      }
+      return;
+    default:
+      break;
+  }
+  const bool known = visit_format(t, [&](auto q) { dequantize_blocks<decltype(q)>(src, n / q.kBlock, out); });
+  if (!known) fail("cannot dequantize {} values", dtype_name(t));
+}
+
+void quantize_row(DType t, const float* src, int64_t n, std::byte* dst) {
+  check_row(t, n);
+  switch (t) {
+    case DType::F32:
+      std::memcpy(dst, src, size_t(n) * 4);
+      return;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = f32_to_f16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = f32_to_bf16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    default:
+      break;
+  }
+  bool done = false;
+  visit_format(t, [&](auto q) {
+    using Q = decltype(q);
+    if constexpr (Quantizable<Q>) {
+      quantize_blocks<Q>(src, n / Q::kBlock, dst);
+      done = true;
+    }
+  });
+  if (!done) fail("cannot quantize to {}", dtype_name(t));
+}
+
+void dequantize_mlx_row(const uint32_t* packed, const uint16_t* scales_bf16, const uint16_t* biases_bf16, int bits,
+                        int group_size, int64_t n, float* out) {
+  FM_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 6 || bits == 8, "MLX quantization with {} bits", bits);
+  FM_CHECK(group_size == 32 || group_size == 64 || group_size == 128, "MLX group size {}", group_size);
+  FM_CHECK(n >= 0 && n % group_size == 0, "{} values are not whole MLX groups of {}", n, group_size);
+  const uint32_t mask = (1u << bits) - 1;
+  for (int64_t g = 0; g < n / group_size; ++g) {
+    const float scale = bf16_to_f32(scales_bf16[g]), bias = bf16_to_f32(biases_bf16[g]);
+    for (int64_t j = g * group_size; j < (g + 1) * group_size; ++j) {
+      const uint64_t bit = uint64_t(j) * uint64_t(bits);
+      const uint64_t word = bit / 32, shift = bit % 32;
+      // A value that straddles two words takes its high bits from the next one.
+      uint64_t v = packed[word] >> shift;
+      if (shift + uint64_t(bits) > 32) v |= uint64_t(packed[word + 1]) << (32 - shift);
+      out[j] = float(uint32_t(v) & mask) * scale + bias;
+    }
+  }
+}
+
+}  // namespace fm
