@@ -243,21 +243,15 @@ void write_metadata(GgufWriter& out, const ModelConfig& c, DType main_type, cons
     out.set_u32(k("ssm.time_step_rank"), uint32_t(c.linear_num_v_heads));
     out.set_u32(k("ssm.inner_size"), uint32_t(c.linear_num_v_heads * c.linear_v_head_dim));
     out.set_u32(k("nextn_predict_layers"), 0);
-    // llama.cpp knows the layer pattern only as an interval; any other pattern goes in our own key.
+    // The layer pattern as llama.cpp's converter writes it: one flag per layer, plus the interval.
+    std::vector<bool> recurrent;
     int interval = 0;
-    for (int i = 0; i < c.num_layers && !interval; ++i)
-      if (c.layer_kinds[size_t(i)] == LayerKind::FullAttention) interval = i + 1;
-    bool periodic = interval > 0;
-    for (int i = 0; i < c.num_layers; ++i)
-      periodic &= (c.layer_kinds[size_t(i)] == LayerKind::FullAttention) == ((i + 1) % interval == 0);
-    if (periodic) {
-      out.set_u32(k("full_attention_interval"), uint32_t(interval));
-    } else {
-      std::vector<std::string> types;
-      for (LayerKind kind : c.layer_kinds)
-        types.push_back(kind == LayerKind::FullAttention ? "full_attention" : "linear_attention");
-      out.set_array("flashmoe.layer_types", types);
+    for (int i = 0; i < c.num_layers; ++i) {
+      recurrent.push_back(c.layer_kinds[size_t(i)] == LayerKind::LinearAttention);
+      if (!interval && !recurrent.back()) interval = i + 1;
     }
+    out.set_array(k("attention.recurrent_layers"), recurrent);
+    out.set_u32(k("full_attention_interval"), uint32_t(interval > 0 ? interval : 4));
   }
   if (!c.eos_token_ids.empty()) out.set_u32("tokenizer.ggml.eos_token_id", uint32_t(c.eos_token_ids[0]));
 }

@@ -85,17 +85,23 @@ ModelConfig config_from_gguf(const GgufFile& f) {
     if (auto sections = f.try_int_array(key("rope.dimension_sections")))
       for (int64_t v : *sections)
         if (v > 0) c.mrope_section.push_back(int(v));
-    // llama.cpp knows only the interval; our converter writes other patterns under its own key.
-    if (auto types = f.try_string_array("flashmoe.layer_types")) {
-      if (types->size() != size_t(c.num_layers))
-        fail("{}: metadata key 'flashmoe.layer_types' has {} entries for {} layers", f.path(), types->size(),
-             c.num_layers);
-      for (int i = 0; i < c.num_layers; ++i) {
-        const std::string& t = (*types)[size_t(i)];
-        if (t != "full_attention" && t != "linear_attention")
-          fail("{}: metadata key 'flashmoe.layer_types' entry {} is '{}'", f.path(), i, t);
-        c.layer_kinds[size_t(i)] = t == "full_attention" ? LayerKind::FullAttention : LayerKind::LinearAttention;
-      }
+    // One flag per layer (llama.cpp's converter writes it from layer_types), else the interval.
+    const GgufValue* flags = f.find(key("attention.recurrent_layers"));
+    if (flags && flags->type() == GgufType::ARRAY &&
+        std::get<GgufArray>(flags->data).elem_type() == GgufType::BOOL) {
+      const auto& v = std::get<std::vector<bool>>(std::get<GgufArray>(flags->data).items);
+      if (v.size() < size_t(c.num_layers))
+        fail("{}: metadata key '{}' has {} entries for {} layers", f.path(), key("attention.recurrent_layers"),
+             v.size(), c.num_layers);
+      for (int i = 0; i < c.num_layers; ++i)
+        c.layer_kinds[size_t(i)] = v[size_t(i)] ? LayerKind::LinearAttention : LayerKind::FullAttention;
+    } else if (flags) {
+      const std::vector<int64_t> v = f.get_int_array(key("attention.recurrent_layers"));
+      if (v.size() < size_t(c.num_layers))
+        fail("{}: metadata key '{}' has {} entries for {} layers", f.path(), key("attention.recurrent_layers"),
+             v.size(), c.num_layers);
+      for (int i = 0; i < c.num_layers; ++i)
+        c.layer_kinds[size_t(i)] = v[size_t(i)] ? LayerKind::LinearAttention : LayerKind::FullAttention;
     } else {
       const int interval = int(f.try_u64(key("full_attention_interval")).value_or(4));
       if (interval <= 0) fail("{}: {} must be positive", f.path(), key("full_attention_interval"));

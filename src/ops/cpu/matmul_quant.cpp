@@ -4,8 +4,16 @@
 // once per token, and never as a whole row or matrix.
 #include "ops/cpu/matmul_quant.h"
 
-#include "formats/quant_blocks.h"
 #include "util/error.h"
+
+// The decoded weights are the ones dequantize_row gives, bit for bit (see quant.cpp).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "formats/quant_blocks.h"
 
 namespace fm::cpu::detail {
 

@@ -4,9 +4,20 @@
 // matmul_avx2.cpp, only functions carry the target attribute, never the whole file.
 #include <immintrin.h>
 
-#include "formats/quant_blocks.h"
+#include <algorithm>
+
 #include "ops/cpu/matmul_quant.h"
 #include "util/error.h"
+
+// The decoded weights are the ones dequantize_row gives, bit for bit: no multiply-add of a block's
+// decoding is fused here either (see quant.cpp). The dot products use explicit FMA intrinsics.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "formats/quant_blocks.h"
 
 #define FM_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -21,17 +32,40 @@ FM_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Rows [r0, r1) for T tokens. Each block is decoded into buf (in L1) and read back 8 floats at a
-// time, every weight vector serving all T tokens. U independent accumulators per token keep enough
-// FMA chains in flight when T is small (4-cycle latency, two per cycle).
+// Decodes N blocks into buf and adds their dot products with T tokens into acc; xb points at the
+// blocks' first column of token 0, tokens are cols apart. U independent accumulators per token
+// keep enough FMA chains in flight when T is small (4-cycle latency, two per cycle).
+template <class Q, int T, int U, int N>
+FM_AVX2 inline void dot_blocks(const std::byte* blocks, const float* xb, int64_t cols, float* buf,
+                               __m256 (&acc)[T][U]) {
+  constexpr int kBlock = Q::kBlock;
+#pragma GCC unroll 8
+  for (int i = 0; i < N; ++i) Q::dequantize_block(blocks + i * sizeof(typename Q::Block), buf + i * kBlock);
+#pragma GCC unroll 8
+  for (int c = 0; c < N * kBlock; c += 8 * U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      const __m256 wv = _mm256_load_ps(buf + c + 8 * u);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t)
+        acc[t][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + t * cols + c + 8 * u), acc[t][u]);
+    }
+  }
+}
+
+// Rows [r0, r1) for T tokens. Blocks of 32 are decoded four at a time: the scalar decoders store
+// their values in pieces narrower than the 8-float loads that read them back, and such a load has
+// to wait until those stores have left the store buffer; with 128 values between a store and its
+// load most of that wait is over (measured 1.5-2x faster for Q4_0 / Q4_1 / Q5 on Zen 4).
 template <class Q, int T>
 FM_AVX2 void quant_rows(const Mat& w, int64_t r0, int64_t r1, const float* x, float* y, int64_t ldy) {
   constexpr int kBlock = Q::kBlock;
   constexpr uint64_t kBlockBytes = sizeof(typename Q::Block);
+  constexpr int kChunk = std::max(1, 128 / kBlock);  // blocks decoded at once
   constexpr int U = T == 1 ? 4 : 2;
   static_assert(kBlock % (8 * U) == 0);
   const int64_t cols = w.cols, n_blocks = cols / kBlock;
-  alignas(32) float buf[kBlock];
+  alignas(32) float buf[kBlock * kChunk];
   for (int64_t r = r0; r < r1; ++r) {
     const std::byte* row = w.data + uint64_t(r) * w.row_bytes;
     __m256 acc[T][U];
@@ -39,20 +73,10 @@ FM_AVX2 void quant_rows(const Mat& w, int64_t r0, int64_t r1, const float* x, fl
     for (int t = 0; t < T; ++t)
 #pragma GCC unroll 8
       for (int u = 0; u < U; ++u) acc[t][u] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      Q::dequantize_block(row + uint64_t(b) * kBlockBytes, buf);
-      const float* xb = x + b * kBlock;
-#pragma GCC unroll 8
-      for (int c = 0; c < kBlock; c += 8 * U) {
-#pragma GCC unroll 8
-        for (int u = 0; u < U; ++u) {
-          const __m256 wv = _mm256_load_ps(buf + c + 8 * u);
-#pragma GCC unroll 8
-          for (int t = 0; t < T; ++t)
-            acc[t][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + t * cols + c + 8 * u), acc[t][u]);
-        }
-      }
-    }
+    int64_t b = 0;
+    for (; b + kChunk <= n_blocks; b += kChunk)
+      dot_blocks<Q, T, U, kChunk>(row + uint64_t(b) * kBlockBytes, x + b * kBlock, cols, buf, acc);
+    for (; b < n_blocks; ++b) dot_blocks<Q, T, U, 1>(row + uint64_t(b) * kBlockBytes, x + b * kBlock, cols, buf, acc);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       __m256 v = acc[t][0];
