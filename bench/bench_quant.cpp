@@ -1,5 +1,5 @@
 // Decode matvec (one token) over block-quantized weights, per format: weights per second
-// (items = rows * cols per call) for a 4096 x 4096 matrix on 1 and 2 threads. The matrix (2.5 to
+// (items = rows * cols per call) for a 4096 x 4096 matrix on 1 and 2 threads. The matrix (4.3 to
 // 18 MB depending on the format) is reused every call, so this measures the decode-and-dot kernel
 // rather than DRAM; compare with BM_matmul_bf16 in bench_matmul for the float path.
 #include <benchmark/benchmark.h>
@@ -56,9 +56,14 @@ void BM_matvec_quant(benchmark::State& state) {
   state.SetLabel(fm::cpu::matmul_isa());
 }
 
-#define FM_QUANT_BENCH(T)                                                                                 \
-  BENCHMARK_TEMPLATE(BM_matvec_quant, fm::quant::T)->Name("BM_matvec_" #T)->ArgName("threads")->Arg(1)->Arg(2) \
-      ->UseRealTime()->MinWarmUpTime(0.2)
+#define FM_QUANT_BENCH(T)                           \
+  BENCHMARK_TEMPLATE(BM_matvec_quant, fm::quant::T) \
+      ->Name("BM_matvec_" #T)                       \
+      ->ArgName("threads")                          \
+      ->Arg(1)                                      \
+      ->Arg(2)                                      \
+      ->UseRealTime()                               \
+      ->MinWarmUpTime(0.2)
 
 FM_QUANT_BENCH(Q4_0);
 FM_QUANT_BENCH(Q4_1);

@@ -58,7 +58,7 @@ def with_vocab(src, dst, vocab_size):
     writer.add_token_types([1] * vocab_size)
     writer.add_token_merges(merges)
     for t in reader.tensors:
-        writer.add_tensor(t.name, t.data, raw_shape=list(reversed([int(d) for d in t.shape])), raw_dtype=t.tensor_type)
+        writer.add_tensor(t.name, t.data, raw_shape=list(t.data.shape), raw_dtype=t.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--fixture", required=True)
     ap.add_argument("--ours", help="our logits (.npy from flashmoe run --dump-logits)")
     ap.add_argument("--tolerance", type=float, default=1e-3)
+    ap.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
     args = ap.parse_args()
 
     import llama_cpp
@@ -83,7 +84,7 @@ def main():
         path = os.path.join(tmp, "with_vocab.gguf")
         with_vocab(args.gguf, path, vocab)
         llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_batch=512, logits_all=True, n_threads=2,
-                              verbose=False)
+                              verbose=args.verbose)
         llm.eval(prompt)
         theirs = np.array(llm.scores[: len(prompt)], dtype=np.float32)
     ok = True

@@ -96,8 +96,8 @@ def grid_blocks(qtype, nbytes: int) -> list[np.ndarray]:
         for b in range(4):
             blk = np.zeros(nbytes, np.uint8)
             blk[2:66] = [b * 64 + i for i in range(64)]
-            aux = [sum(((b * 32 + ib * 4 + k) % 128) << (7 * k) for k in range(4)) | (((b * 8 + ib) % 16) << 28)
-                   for ib in range(8)]
+            aux = [sum(((b * 32 + ib * 4 + k) % 128) << (7 * k) for k in range(4))
+                   | (((b * 8 + ib) % 16) << 28) for ib in range(8)]
             blk[66:98] = u32le(aux)
             out.append(blk)
     elif qtype == T.IQ3_S:  # qs[64] low index bits, qh[8] high bit each, signs[32], scales[4]
@@ -138,8 +138,9 @@ def dequant_cases(qtype) -> list[tuple[str, np.ndarray]]:
         cases.append(("every_exponent", blocks))
     else:
         for name, bits in [("zero_scale", 0x0000), ("neg_zero_scale", 0x8000), ("max_scale", 0x7BFF),
-                           ("min_scale", 0xFBFF), ("subnormal_scale", 0x0001), ("neg_subnormal_scale", 0x8001),
-                           ("smallest_normal_scale", 0x0400), ("inf_scale", 0x7C00), ("nan_scale", 0x7E00)]:
+                           ("min_scale", 0xFBFF), ("subnormal_scale", 0x0001),
+                           ("neg_subnormal_scale", 0x8001), ("smallest_normal_scale", 0x0400),
+                           ("inf_scale", 0x7C00), ("nan_scale", 0x7E00)]:
             blk = rng.integers(0, 256, (2, nbytes), dtype=np.uint8)
             set_f16(blk, qtype, bits)
             cases.append((name, blk))
@@ -192,7 +193,8 @@ def quant_rows(row: int) -> list[tuple[str, np.ndarray]]:
         ("one_spike", np.stack([np.where(np.arange(row) % 32 == 5, 10.0, 1e-3 * rng.standard_normal(row))])),
         ("positive", rows(1, lambda: rng.uniform(0.5, 2.0, row))),
         ("negative", rows(1, lambda: -rng.uniform(0.5, 2.0, row))),
-        ("equal_magnitudes", np.stack([np.tile(np.array([-2.0, 2.0, 1.0, -1.0] * 8, np.float32), row // 32)])),
+        ("equal_magnitudes",
+         np.stack([np.tile(np.array([-2.0, 2.0, 1.0, -1.0] * 8, np.float32), row // 32)])),
     ]
     # Values on the rounding boundaries: halves of the level spacing for amax 127 (Q8_0's d = 1)
     # and for a max of -8 / -16 (Q4_0 / Q5_0 with d = 1).
@@ -249,7 +251,8 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "tests/fixtures/quant"
+    root = Path(__file__).resolve().parent.parent
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "tests/fixtures/quant"
     out.mkdir(parents=True, exist_ok=True)
     index = {"generator": "tools/make_quant_vectors.py", "reference": "gguf-py 0.19.0 gguf.quants",
              "dequant": [], "quant": [], "mlx": []}
@@ -266,8 +269,8 @@ def main() -> None:
         for case, c in cases:
             ranges.append({"name": case, "first": first, "count": int(c.shape[0])})
             first += int(c.shape[0])
-        index["dequant"].append({"type": qtype.name, "file": name, "blocks": int(data.shape[0]), "block": block,
-                                 "block_bytes": nbytes, "cases": ranges})
+        index["dequant"].append({"type": qtype.name, "file": name, "blocks": int(data.shape[0]),
+                                 "block": block, "block_bytes": nbytes, "cases": ranges})
 
     row = 256
     for qtype in [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.F16, T.BF16]:

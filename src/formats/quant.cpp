@@ -210,7 +210,8 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, ui
 // rmin, rdelta, nstep as llama.cpp sets them per type).
 // Returns d and dmin as f16; packed gets the 12 bytes of 6-bit scales and mins, L the levels.
 template <int kMaxLevel>
-ScaleMin16 quantize_k_scales_mins(const float* x, uint8_t* packed, uint8_t* L, float rmin, float rdelta, int nstep) {
+ScaleMin16 quantize_k_scales_mins(const float* x, uint8_t* packed, uint8_t* L, float rmin, float rdelta,
+                                  int nstep) {
   float scales[8], mins[8], weights[32];
   uint8_t Laux[32];
   float max_scale = 0, max_min = 0;
@@ -246,7 +247,8 @@ ScaleMin16 quantize_k_scales_mins(const float* x, uint8_t* packed, uint8_t* L, f
     const float d = f16_to_f32(d16) * float(sc);
     if (d == 0.0f) continue;
     const float dm = f16_to_f32(dmin16) * float(m);
-    for (int l = 0; l < 32; ++l) L[32 * j + l] = uint8_t(std::clamp(nearest_int((x[32 * j + l] + dm) / d), 0, kMaxLevel));
+    for (int l = 0; l < 32; ++l)
+      L[32 * j + l] = uint8_t(std::clamp(nearest_int((x[32 * j + l] + dm) / d), 0, kMaxLevel));
   }
   return {d16, dmin16};
 }
@@ -269,7 +271,8 @@ void quantize_block(const float* x, Q5_K::Block& b) {
   for (int j = 0; j < 8; ++j)
     for (int l = 0; l < 32; ++l) b.qh[l] |= uint8_t((L[32 * j + l] >> 4) << j);
   for (int j = 0; j < 4; ++j)
-    for (int l = 0; l < 32; ++l) b.qs[32 * j + l] = uint8_t((L[64 * j + l] & 0xF) | (L[64 * j + 32 + l] & 0xF) << 4);
+    for (int l = 0; l < 32; ++l)
+      b.qs[32 * j + l] = uint8_t((L[64 * j + l] & 0xF) | (L[64 * j + 32 + l] & 0xF) << 4);
 }
 
 // make_qx_quants with rmse_type 1 (weights x^2): signed levels -nmax..nmax-1, stored + nmax, for
@@ -286,7 +289,9 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
     std::fill(L, L + n, int8_t(0));
     return 0.0f;
   }
-  const auto level = [&](float iscale, int i) { return std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1); };
+  const auto level = [&](float iscale, int i) {
+    return std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+  };
   float iscale = -float(nmax) / max;
   float sumlx = 0, suml2 = 0;
   for (int i = 0; i < n; ++i) {
@@ -338,7 +343,8 @@ void quantize_block(const float* x, Q6_K::Block& b) {
   for (int g = 0; g < 16; ++g) {
     const float d = f16_to_f32(b.d) * float(b.scales[g]);
     if (d == 0.0f) continue;
-    for (int l = 0; l < 16; ++l) L[16 * g + l] = int8_t(std::clamp(nearest_int(x[16 * g + l] / d), -32, 31) + 32);
+    for (int l = 0; l < 16; ++l)
+      L[16 * g + l] = int8_t(std::clamp(nearest_int(x[16 * g + l] / d), -32, 31) + 32);
   }
   for (int h = 0; h < 2; ++h) {
     const int8_t* Lh = L + 128 * h;
@@ -433,7 +439,9 @@ void quantize_block(const float* x, IQ4_XS::Block& b) {
 }
 
 template <class Q>
-concept Quantizable = requires(const float* x, typename Q::Block& b) { quantize_block(x, b); };
+concept Quantizable = requires(const float* x, typename Q::Block& b) {
+  quantize_block(x, b);
+};
 
 template <class Q>
 void quantize_blocks(const float* src, int64_t n_blocks, std::byte* dst) {
@@ -519,9 +527,10 @@ void quantize_row(DType t, const float* src, int64_t n, std::byte* dst) {
   if (!done) fail("cannot quantize to {}", dtype_name(t));
 }
 
-void dequantize_mlx_row(const uint32_t* packed, const uint16_t* scales_bf16, const uint16_t* biases_bf16, int bits,
-                        int group_size, int64_t n, float* out) {
-  FM_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 6 || bits == 8, "MLX quantization with {} bits", bits);
+void dequantize_mlx_row(const uint32_t* packed, const uint16_t* scales_bf16, const uint16_t* biases_bf16,
+                        int bits, int group_size, int64_t n, float* out) {
+  FM_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 6 || bits == 8, "MLX quantization with {} bits",
+           bits);
   FM_CHECK(group_size == 32 || group_size == 64 || group_size == 128, "MLX group size {}", group_size);
   FM_CHECK(n >= 0 && n % group_size == 0, "{} values are not whole MLX groups of {}", n, group_size);
   const uint32_t mask = (1u << bits) - 1;

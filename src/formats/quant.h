@@ -36,7 +36,7 @@ void quantize_row(DType t, const float* src, int64_t n, std::byte* dst);
 //   out[j] = q[j] * scale[j / group_size] + bias[j / group_size]
 // computed in float32, product rounded before the add. bits is 2, 3, 4, 6 or 8; group_size 32, 64
 // or 128; n a multiple of group_size.
-void dequantize_mlx_row(const uint32_t* packed, const uint16_t* scales_bf16, const uint16_t* biases_bf16, int bits,
-                        int group_size, int64_t n, float* out);
+void dequantize_mlx_row(const uint32_t* packed, const uint16_t* scales_bf16, const uint16_t* biases_bf16,
+                        int bits, int group_size, int64_t n, float* out);
 
 }  // namespace fm

@@ -77,7 +77,8 @@ struct Q4_0 {
   static void dequantize_block(const void* block, float* out) {
     const auto& b = as_block<Block>(block);
     const float d = f16_to_f32(b.d);
-    unpack_nibbles16(b.qs, [d](int q) { return d * float(q - 8); }, out);
+    unpack_nibbles16(
+        b.qs, [d](int q) { return d * float(q - 8); }, out);
   }
 };
 
@@ -93,7 +94,8 @@ struct Q4_1 {
   static void dequantize_block(const void* block, float* out) {
     const auto& b = as_block<Block>(block);
     const float d = f16_to_f32(b.d), m = f16_to_f32(b.m);
-    unpack_nibbles16(b.qs, [d, m](int q) { return d * float(q) + m; }, out);
+    unpack_nibbles16(
+        b.qs, [d, m](int q) { return d * float(q) + m; }, out);
   }
 };
 
@@ -451,7 +453,7 @@ struct IQ3_XXS {
   static constexpr int kBlock = 256;
   struct [[gnu::packed]] Block {
     uint16_t d;
-    uint8_t qs[64];                 // grid indices
+    uint8_t qs[64];                // grid indices
     uint8_t scales_and_signs[32];  // 8 words
   };
   static_assert(sizeof(Block) == 98);
@@ -508,7 +510,7 @@ struct IQ4_XS {
   static constexpr int kBlock = 256;
   struct [[gnu::packed]] Block {
     uint16_t d;
-    uint16_t scales_h;  // high two bits of scale j: bits 2j..2j+1
+    uint16_t scales_h;    // high two bits of scale j: bits 2j..2j+1
     uint8_t scales_l[4];  // low four bits of scale j: nibble j%2 of scales_l[j/2]
     uint8_t qs[128];      // sub-block j: nibbles of qs[16j .. +16], as IQ4_NL
   };
@@ -528,25 +530,62 @@ struct IQ4_XS {
 template <class F>
 bool visit_format(DType t, F&& f) {
   switch (t) {
-    case DType::Q4_0: f(Q4_0{}); return true;
-    case DType::Q4_1: f(Q4_1{}); return true;
-    case DType::Q5_0: f(Q5_0{}); return true;
-    case DType::Q5_1: f(Q5_1{}); return true;
-    case DType::Q8_0: f(Q8_0{}); return true;
-    case DType::IQ4_NL: f(IQ4_NL{}); return true;
-    case DType::MXFP4: f(MXFP4{}); return true;
-    case DType::Q2_K: f(Q2_K{}); return true;
-    case DType::Q3_K: f(Q3_K{}); return true;
-    case DType::Q4_K: f(Q4_K{}); return true;
-    case DType::Q5_K: f(Q5_K{}); return true;
-    case DType::Q6_K: f(Q6_K{}); return true;
-    case DType::IQ2_XXS: f(IQ2_XXS{}); return true;
-    case DType::IQ2_XS: f(IQ2_XS{}); return true;
-    case DType::IQ2_S: f(IQ2_S{}); return true;
-    case DType::IQ3_XXS: f(IQ3_XXS{}); return true;
-    case DType::IQ3_S: f(IQ3_S{}); return true;
-    case DType::IQ4_XS: f(IQ4_XS{}); return true;
-    default: return false;
+    case DType::Q4_0:
+      f(Q4_0{});
+      return true;
+    case DType::Q4_1:
+      f(Q4_1{});
+      return true;
+    case DType::Q5_0:
+      f(Q5_0{});
+      return true;
+    case DType::Q5_1:
+      f(Q5_1{});
+      return true;
+    case DType::Q8_0:
+      f(Q8_0{});
+      return true;
+    case DType::IQ4_NL:
+      f(IQ4_NL{});
+      return true;
+    case DType::MXFP4:
+      f(MXFP4{});
+      return true;
+    case DType::Q2_K:
+      f(Q2_K{});
+      return true;
+    case DType::Q3_K:
+      f(Q3_K{});
+      return true;
+    case DType::Q4_K:
+      f(Q4_K{});
+      return true;
+    case DType::Q5_K:
+      f(Q5_K{});
+      return true;
+    case DType::Q6_K:
+      f(Q6_K{});
+      return true;
+    case DType::IQ2_XXS:
+      f(IQ2_XXS{});
+      return true;
+    case DType::IQ2_XS:
+      f(IQ2_XS{});
+      return true;
+    case DType::IQ2_S:
+      f(IQ2_S{});
+      return true;
+    case DType::IQ3_XXS:
+      f(IQ3_XXS{});
+      return true;
+    case DType::IQ3_S:
+      f(IQ3_S{});
+      return true;
+    case DType::IQ4_XS:
+      f(IQ4_XS{});
+      return true;
+    default:
+      return false;
   }
 }
 

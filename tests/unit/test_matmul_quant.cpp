@@ -76,7 +76,8 @@ QuantMat make_quant_mat(DType t, int64_t rows, int64_t cols, uint32_t seed, uint
     }
   }
   m.values.resize(size_t(rows * cols));
-  for (int64_t r = 0; r < rows; ++r) dequantize_row(t, data + uint64_t(r) * row_bytes, cols, &m.values[size_t(r * cols)]);
+  for (int64_t r = 0; r < rows; ++r)
+    dequantize_row(t, data + uint64_t(r) * row_bytes, cols, &m.values[size_t(r * cols)]);
   m.mat = Mat{t, rows, cols, data, row_bytes};
   return m;
 }
@@ -106,7 +107,8 @@ void check_matmul(const QuantMat& m, int n, ThreadPool& pool) {
       const float got = y[size_t(t * rows + r)];
       ASSERT_LE(std::fabs(double(got) - ref), kTolerance * (1.0 + mag))
           << dtype_name(m.mat.dtype) << " isa=" << cpu::matmul_isa() << " rows=" << rows << " cols=" << cols
-          << " n=" << n << " threads=" << pool.size() << " t=" << t << " r=" << r << " got=" << got << " ref=" << ref;
+          << " n=" << n << " threads=" << pool.size() << " t=" << t << " r=" << r << " got=" << got
+          << " ref=" << ref;
     }
   }
 }
@@ -154,16 +156,19 @@ TEST_P(MatmulQuantTest, PaddedRowStride) {
   const DType t = GetParam();
   for_each_isa([&] {
     ThreadPool pool(2);
-    for (int n : {1, 3, 6}) check_matmul(make_quant_mat(t, 21, 2 * dtype_info(t).block, 5, /*row_pad=*/10), n, pool);
+    for (int n : {1, 3, 6})
+      check_matmul(make_quant_mat(t, 21, 2 * dtype_info(t).block, 5, /*row_pad=*/10), n, pool);
   });
 }
 
 INSTANTIATE_TEST_SUITE_P(matmul_quant, MatmulQuantTest,
-                         testing::Values(DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
-                                         DType::MXFP4, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
-                                         DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S,
-                                         DType::IQ4_XS),
-                         [](const testing::TestParamInfo<DType>& info) { return std::string(dtype_name(info.param)); });
+                         testing::Values(DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
+                                         DType::IQ4_NL, DType::MXFP4, DType::Q2_K, DType::Q3_K, DType::Q4_K,
+                                         DType::Q5_K, DType::Q6_K, DType::IQ2_XXS, DType::IQ2_XS,
+                                         DType::IQ2_S, DType::IQ3_XXS, DType::IQ3_S, DType::IQ4_XS),
+                         [](const testing::TestParamInfo<DType>& info) {
+                           return std::string(dtype_name(info.param));
+                         });
 
 }  // namespace
 }  // namespace fm

@@ -101,14 +101,15 @@ TEST(quant, DequantizeMatchesGgufPy) {
     int64_t bad = 0, nan = 0;
     for (int64_t i = 0; i < n; ++i) {
       nan += std::isnan(want[size_t(i)]);
-      const bool ok = same_float(got[size_t(i)], want[size_t(i)]) && same_float(got_shifted[size_t(i)], want[size_t(i)]);
+      const bool ok =
+          same_float(got[size_t(i)], want[size_t(i)]) && same_float(got_shifted[size_t(i)], want[size_t(i)]);
       if (!ok && ++bad <= 5)
         ADD_FAILURE() << dtype_name(t) << " value " << i << " (block " << i / block << ", case "
                       << case_of(e, i / block) << "): got " << got[size_t(i)] << " want " << want[size_t(i)];
     }
     EXPECT_EQ(bad, 0) << dtype_name(t);
-    std::printf("  %-8s %4lld blocks, %6lld values (%lld NaN) bit-exact\n", std::string(dtype_name(t)).c_str(),
-                (long long)blocks, (long long)n, (long long)nan);
+    std::printf("  %-8s %4lld blocks, %6lld values (%lld NaN) bit-exact\n",
+                std::string(dtype_name(t)).c_str(), (long long)blocks, (long long)n, (long long)nan);
   }
   // Every format we read, plus the float types through the same entry point.
   for (int i = 0; i < kNumDTypes; ++i) {
@@ -139,8 +140,8 @@ TEST(quant, QuantizeMatchesGgufPy) {
         ++bad;
         int64_t at = 0;
         while (got[size_t(at)] == want[r * row_bytes + at]) ++at;
-        ADD_FAILURE() << dtype_name(t) << " row " << r << " (" << case_of(e, r) << ") differs from byte " << at
-                      << ": got " << int(got[size_t(at)]) << " want " << int(want[r * row_bytes + at]);
+        ADD_FAILURE() << dtype_name(t) << " row " << r << " (" << case_of(e, r) << ") differs from byte "
+                      << at << ": got " << int(got[size_t(at)]) << " want " << int(want[r * row_bytes + at]);
       }
     }
     EXPECT_EQ(bad, 0) << dtype_name(t);
@@ -195,9 +196,9 @@ TEST(quant, RoundTripError) {
     DType t;
     double max_rel_rmse;
   };
-  const Bound bounds[] = {{DType::Q8_0, 0.006}, {DType::Q5_0, 0.048}, {DType::Q5_1, 0.043}, {DType::Q4_0, 0.097},
-                          {DType::Q4_1, 0.088}, {DType::Q6_K, 0.020}, {DType::Q5_K, 0.041}, {DType::Q4_K, 0.081},
-                          {DType::IQ4_XS, 0.086}};
+  const Bound bounds[] = {{DType::Q8_0, 0.006}, {DType::Q5_0, 0.048}, {DType::Q5_1, 0.043},
+                          {DType::Q4_0, 0.097}, {DType::Q4_1, 0.088}, {DType::Q6_K, 0.020},
+                          {DType::Q5_K, 0.041}, {DType::Q4_K, 0.081}, {DType::IQ4_XS, 0.086}};
   const int64_t n = 256 * 256;
   const std::vector<float> x = normal_rows(n, 11);
   std::map<DType, double> rel;
@@ -208,8 +209,8 @@ TEST(quant, RoundTripError) {
     dequantize_row(b.t, q.data(), n, y.data());
     rel[b.t] = relative_rmse(x.data(), y.data(), n);
     EXPECT_LT(rel[b.t], b.max_rel_rmse) << dtype_name(b.t);
-    std::printf("  %-8s relative RMSE %.3f%% (bound %.2f%%)\n", std::string(dtype_name(b.t)).c_str(), 100 * rel[b.t],
-                100 * b.max_rel_rmse);
+    std::printf("  %-8s relative RMSE %.3f%% (bound %.2f%%)\n", std::string(dtype_name(b.t)).c_str(),
+                100 * rel[b.t], 100 * b.max_rel_rmse);
   }
   EXPECT_LT(rel[DType::Q4_K], rel[DType::Q4_1]);
   EXPECT_LT(rel[DType::Q5_K], rel[DType::Q5_1]);
@@ -223,11 +224,12 @@ TEST(quant, KQuantizersEdgeRows) {
   const int64_t n = 256 * 6;
   std::vector<float> x(size_t(n), 0.0f);
   const std::vector<float> noise = normal_rows(n, 3);
-  for (int64_t i = 256; i < 512; ++i) x[size_t(i)] = -2.5f;                                   // constant
+  for (int64_t i = 256; i < 512; ++i) x[size_t(i)] = -2.5f;                                        // constant
   for (int64_t i = 512; i < 768; ++i) x[size_t(i)] = i == 600 ? 40.0f : 1e-4f * noise[size_t(i)];  // spike
-  for (int64_t i = 768; i < 1024; ++i) x[size_t(i)] = noise[size_t(i)] * std::pow(10.0f, float((i / 32) % 8) - 4);
-  for (int64_t i = 1024; i < 1280; ++i) x[size_t(i)] = std::fabs(noise[size_t(i)]);           // all positive
-  for (int64_t i = 1280; i < 1536; ++i) x[size_t(i)] = noise[size_t(i)] * 1e-12f;             // tiny
+  for (int64_t i = 768; i < 1024; ++i)
+    x[size_t(i)] = noise[size_t(i)] * std::pow(10.0f, float((i / 32) % 8) - 4);
+  for (int64_t i = 1024; i < 1280; ++i) x[size_t(i)] = std::fabs(noise[size_t(i)]);  // all positive
+  for (int64_t i = 1280; i < 1536; ++i) x[size_t(i)] = noise[size_t(i)] * 1e-12f;    // tiny
   for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
     std::vector<std::byte> q(dtype_row_bytes(t, uint64_t(n)).value());
     std::vector<float> y(static_cast<size_t>(n));
@@ -236,7 +238,8 @@ TEST(quant, KQuantizersEdgeRows) {
     for (int64_t i = 0; i < 256; ++i) ASSERT_EQ(y[size_t(i)], 0.0f) << dtype_name(t) << " zero row at " << i;
     for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(std::isfinite(y[size_t(i)])) << dtype_name(t) << " at " << i;
     for (int64_t r = 1; r < 5; ++r)
-      EXPECT_LT(relative_rmse(x.data() + 256 * r, y.data() + 256 * r, 256), 0.12) << dtype_name(t) << " row " << r;
+      EXPECT_LT(relative_rmse(x.data() + 256 * r, y.data() + 256 * r, 256), 0.12)
+          << dtype_name(t) << " row " << r;
     // The tiny row lies below what f16 super-scales reach: it may flush to zero, never grow.
     EXPECT_LE(relative_rmse(x.data() + 1280, y.data() + 1280, 256), 1.0) << dtype_name(t);
   }
@@ -264,8 +267,8 @@ TEST(quant, MlxAffineMatchesDefinition) {
     p += biases.size() * 2;
     std::memcpy(want.data(), p, want.size() * 4);
     for (int64_t r = 0; r < rows; ++r) {
-      dequantize_mlx_row(packed.data() + r * words, scales.data() + r * groups, biases.data() + r * groups, bits, group,
-                         cols, got.data());
+      dequantize_mlx_row(packed.data() + r * words, scales.data() + r * groups, biases.data() + r * groups,
+                         bits, group, cols, got.data());
       for (int64_t j = 0; j < cols; ++j)
         ASSERT_TRUE(same_float(got[size_t(j)], want[size_t(r * cols + j)]))
             << "bits " << bits << " group " << group << " row " << r << " value " << j;

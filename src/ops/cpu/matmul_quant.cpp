@@ -21,7 +21,8 @@ namespace {
 
 // Per row and token, four interleaved partial sums, as the float reference kernel keeps.
 template <class Q>
-void scalar_quant_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_tokens, float* y, int64_t ldy) {
+void scalar_quant_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_tokens, float* y,
+                       int64_t ldy) {
   constexpr int kBlock = Q::kBlock;
   constexpr uint64_t kBlockBytes = sizeof(typename Q::Block);
   const int64_t cols = w.cols, n_blocks = cols / kBlock;
@@ -43,7 +44,9 @@ void scalar_quant_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int
 
 }  // namespace
 
-bool quant_tile_supported(DType dtype) { return quant::visit_format(dtype, [](auto) {}); }
+bool quant_tile_supported(DType dtype) {
+  return quant::visit_format(dtype, [](auto) {});
+}
 
 TileKernel scalar_quant_tile_kernel(DType dtype) {
   TileKernel kernel = nullptr;

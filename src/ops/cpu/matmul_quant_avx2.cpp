@@ -76,7 +76,8 @@ FM_AVX2 void quant_rows(const Mat& w, int64_t r0, int64_t r1, const float* x, fl
     int64_t b = 0;
     for (; b + kChunk <= n_blocks; b += kChunk)
       dot_blocks<Q, T, U, kChunk>(row + uint64_t(b) * kBlockBytes, x + b * kBlock, cols, buf, acc);
-    for (; b < n_blocks; ++b) dot_blocks<Q, T, U, 1>(row + uint64_t(b) * kBlockBytes, x + b * kBlock, cols, buf, acc);
+    for (; b < n_blocks; ++b)
+      dot_blocks<Q, T, U, 1>(row + uint64_t(b) * kBlockBytes, x + b * kBlock, cols, buf, acc);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       __m256 v = acc[t][0];
@@ -88,7 +89,8 @@ FM_AVX2 void quant_rows(const Mat& w, int64_t r0, int64_t r1, const float* x, fl
 }
 
 template <class Q>
-FM_AVX2 void quant_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_tokens, float* y, int64_t ldy) {
+FM_AVX2 void quant_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_tokens, float* y,
+                        int64_t ldy) {
   static_assert(kMaxTileTokens == 4);
   switch (n_tokens) {
     case 1:
