@@ -15,6 +15,7 @@ Exit status 0 when every comparison is within the tolerance.
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -72,9 +73,9 @@ def main():
     ap.add_argument("--ours", help="our logits (.npy from flashmoe run --dump-logits)")
     ap.add_argument("--tolerance", type=float, default=1e-3)
     ap.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+    ap.add_argument("--llama-logits", help="tools/llama_logits.cpp built against llama.cpp: used instead of "
+                                           "the llama_cpp Python binding")
     args = ap.parse_args()
-
-    import llama_cpp
 
     ref = json.load(open(os.path.join(args.fixture, "ref.json")))
     prompt = ref["prompt_ids"]
@@ -83,10 +84,18 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "with_vocab.gguf")
         with_vocab(args.gguf, path, vocab)
-        llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_batch=512, logits_all=True, n_threads=2,
-                              verbose=args.verbose)
-        llm.eval(prompt)
-        theirs = np.array(llm.scores[: len(prompt)], dtype=np.float32)
+        if args.llama_logits:
+            out = os.path.join(tmp, "theirs.npy")
+            subprocess.run([args.llama_logits, path, ",".join(map(str, prompt)), out], check=True,
+                           stderr=None if args.verbose else subprocess.DEVNULL)
+            theirs = np.load(out)
+        else:
+            import llama_cpp
+
+            llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_batch=512, logits_all=True, n_threads=2,
+                                  verbose=args.verbose)
+            llm.eval(prompt)
+            theirs = np.array(llm.scores[: len(prompt)], dtype=np.float32)
     ok = True
     for label, other in (("transformers", expected), ("flashmoe", np.load(args.ours)[: len(prompt)] if args.ours else None)):
         if other is None:

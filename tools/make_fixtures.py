@@ -202,11 +202,15 @@ def qwen35_text_kwargs(**over):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
+    ap.add_argument("--only-llama-cpp-compatible", action="store_true",
+                    help="make only the two models llama.cpp can express")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(min(16, os.cpu_count() or 1))
     rng = np.random.default_rng(7)
     prompt = [int(t) for t in rng.integers(0, VOCAB, N_PROMPT)]
+    if args.only_llama_cpp_compatible:
+        return main_llama_cpp_compatible(args.out, prompt)
 
     # 1. The multimodal wrapper as the published Qwen3.5 checkpoints ship it: text settings under
     #    text_config, language-model prefix, vision weights present; bf16, sharded, per-expert tensors,
@@ -244,6 +248,24 @@ def main():
                          rms_norm_eps=1e-6, max_position_embeddings=4096, rope_parameters=rope(1e6, 1.0))
     save(lambda: Qwen3MoeForCausalLM(cfg4).eval(), False,
          os.path.join(args.out, "qwen3moe-nonorm-bf16"), torch.bfloat16, prompt)
+
+    main_llama_cpp_compatible(args.out, prompt)
+
+
+def main_llama_cpp_compatible(out, prompt):
+    """Two more models within what llama.cpp's qwen35moe / qwen3moe graphs can express (DeltaNet key
+    and value head dims equal; Qwen3-MoE top-k always renormalised, every layer MoE), for the check
+    that llama.cpp computes the same logits from our GGUF (tools/llama_cpp_check.py)."""
+    text = qwen35_text_kwargs(num_hidden_layers=4, linear_value_head_dim=16)
+    cfg = Qwen3_5MoeTextConfig(**text)
+    save(lambda: Qwen3_5MoeForCausalLM(cfg).eval(), True, os.path.join(out, "qwen35moe-dkdv-bf16"),
+         torch.bfloat16, prompt)
+    cfg3 = Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
+                          num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                          rms_norm_eps=1e-6, max_position_embeddings=4096, rope_parameters=rope(1e6, 1.0))
+    save(lambda: Qwen3MoeForCausalLM(cfg3).eval(), False, os.path.join(out, "qwen3moe-norm-bf16"),
+         torch.bfloat16, prompt)
 
 
 if __name__ == "__main__":

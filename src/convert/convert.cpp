@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <map>
 
@@ -91,6 +92,17 @@ std::vector<float> reorder_heads(const std::vector<float>& per_head, const VHead
 // naming, stacking the experts and the V-head order.
 std::vector<Plan> plan_from_model(const Model& model) {
   const ModelConfig& c = model.config;
+  if (c.arch == Arch::Qwen35Moe && c.linear_k_head_dim != c.linear_v_head_dim)
+    std::fprintf(stderr,
+                 "convert: warning: linear-attention key and value head dims differ (%d, %d); llama.cpp "
+                 "assumes they are equal and will not load this file (flashmoe will)\n",
+                 c.linear_k_head_dim, c.linear_v_head_dim);
+  if (c.arch == Arch::Qwen3Moe && !c.norm_topk_prob)
+    std::fprintf(stderr, "convert: warning: norm_topk_prob is false; llama.cpp's qwen3moe always renormalises the "
+                         "top-k weights and will compute other logits (flashmoe reads expert_weights_norm)\n");
+  if (c.arch == Arch::Qwen3Moe && std::count(c.layer_is_moe.begin(), c.layer_is_moe.end(), false) > 0)
+    std::fprintf(stderr, "convert: warning: dense (mlp_only) layers; llama.cpp's qwen3moe expects experts in every "
+                         "layer and will not load this file (flashmoe will)\n");
   const ModelWeights& w = model.weights;
   std::vector<Plan> plans;
   plans.push_back(mat_plan("token_embd.weight", w.embed));
@@ -102,7 +114,9 @@ std::vector<Plan> plan_from_model(const Model& model) {
     const LayerWeights& L = w.layers[size_t(i)];
     auto n = [i](const char* suffix) { return fmt::format("blk.{}.{}", i, suffix); };
     plans.push_back(vec_plan(n("attn_norm.weight"), L.input_norm));
-    plans.push_back(vec_plan(n("post_attention_norm.weight"), L.post_norm));
+    // llama.cpp's qwen3moe calls the pre-FFN norm ffn_norm; qwen35moe calls it post_attention_norm.
+    plans.push_back(vec_plan(n(c.arch == Arch::Qwen3Moe ? "ffn_norm.weight" : "post_attention_norm.weight"),
+                             L.post_norm));
     if (L.kind == LayerKind::FullAttention) {
       plans.push_back(mat_plan(n("attn_q.weight"), L.attn.q));
       plans.push_back(mat_plan(n("attn_k.weight"), L.attn.k));

@@ -76,8 +76,10 @@ class Binder {
 
   bool gguf() const { return gguf_; }
   std::string layer_name(int layer, W w) const {
-    return gguf_ ? fmt::format("blk.{}.{}", layer, kGgufNames[size_t(w)])
-                 : fmt::format("{}layers.{}.{}", prefix_, layer, kHfNames[size_t(w)]);
+    if (!gguf_) return fmt::format("{}layers.{}.{}", prefix_, layer, kHfNames[size_t(w)]);
+    // llama.cpp's qwen3moe calls the pre-FFN norm ffn_norm; qwen35moe calls it post_attention_norm.
+    if (w == W::PostNorm && c_.arch == Arch::Qwen3Moe) return fmt::format("blk.{}.ffn_norm.weight", layer);
+    return fmt::format("blk.{}.{}", layer, kGgufNames[size_t(w)]);
   }
   std::string global_name(const char* hf, const char* gguf) const { return gguf_ ? gguf : prefix_ + hf; }
   std::string expert_base(int layer) const {

@@ -10,8 +10,8 @@
 
 namespace fm::test {
 
-inline const char* kFixtureModels[] = {"qwen35moe-vl-bf16", "qwen35moe-text-f32", "qwen3moe-f16",
-                                       "qwen3moe-nonorm-bf16"};
+inline const char* kFixtureModels[] = {"qwen35moe-vl-bf16",   "qwen35moe-text-f32", "qwen35moe-dkdv-bf16",
+                                       "qwen3moe-f16",        "qwen3moe-nonorm-bf16", "qwen3moe-norm-bf16"};
 
 struct Reference {
   std::string dir;
