@@ -77,9 +77,7 @@ class Encoder {
 }  // namespace
 
 GgufWriter::GgufWriter(std::filesystem::path path, uint32_t alignment)
-    : path_(std::move(path)),
-      tmp_(path_.string() + ".partial" + std::to_string(::getpid())),
-      alignment_(alignment) {
+    : path_(std::move(path)), alignment_(alignment) {
   if (alignment == 0 || !std::has_single_bit(alignment))
     fail("{}: alignment {} is not a nonzero power of two", path_.string(), alignment);
   if (alignment != kGgufDefaultAlignment) {
@@ -88,13 +86,7 @@ GgufWriter::GgufWriter(std::filesystem::path path, uint32_t alignment)
   }
 }
 
-GgufWriter::~GgufWriter() {
-  if (file_) {
-    std::fclose(file_);
-    std::error_code ec;
-    std::filesystem::remove(tmp_, ec);
-  }
-}
+GgufWriter::~GgufWriter() = default;
 
 void GgufWriter::set(const std::string& key, GgufValue value) {
   FM_CHECK(!file_, "set after begin_data");
@@ -169,8 +161,7 @@ void GgufWriter::begin_data() {
   }
   enc.pad_to(alignment_);
 
-  file_ = std::fopen(tmp_.c_str(), "wb");
-  if (!file_) fail("{}: cannot create: {}", tmp_.string(), std::strerror(errno));
+  file_.emplace(path_);
   write(enc.bytes().data(), enc.bytes().size());
   skip_finished_tensors();  // leading empty tensors
 }
@@ -204,27 +195,13 @@ void GgufWriter::skip_finished_tensors() {
   }
 }
 
-void GgufWriter::write(const void* data, uint64_t nbytes) {
-  if (std::fwrite(data, 1, nbytes, file_) != nbytes)
-    fail("{}: write failed: {}", tmp_.string(), std::strerror(errno));
-}
+void GgufWriter::write(const void* data, uint64_t nbytes) { file_->write(data, nbytes); }
 
 void GgufWriter::finish() {
   FM_CHECK(file_ && current_ == entries_.size(), "finish with {} of {} tensors written", current_,
            entries_.size());
-  const bool ok = std::fflush(file_) == 0 && ::fsync(::fileno(file_)) == 0;
-  std::fclose(file_);
-  file_ = nullptr;
-  std::error_code ec;
-  if (!ok) {
-    std::filesystem::remove(tmp_, ec);
-    fail("{}: write failed: {}", path_.string(), std::strerror(errno));
-  }
-  std::filesystem::rename(tmp_, path_, ec);
-  if (ec) {
-    std::filesystem::remove(tmp_, ec);
-    fail("{}: cannot rename into place: {}", path_.string(), ec.message());
-  }
+  file_->commit();
+  file_.reset();
 }
 
 }  // namespace fm

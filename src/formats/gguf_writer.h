@@ -8,12 +8,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "formats/dtype.h"
 #include "formats/gguf.h"
+#include "util/atomic_file.h"
 
 namespace fm {
 
@@ -67,7 +69,7 @@ class GgufWriter {
   void write(const void* data, uint64_t nbytes);
   void skip_finished_tensors();
 
-  std::filesystem::path path_, tmp_;
+  std::filesystem::path path_;
   uint32_t alignment_;
   std::vector<GgufKv> metadata_;
   std::set<std::string, std::less<>> keys_, names_;
@@ -75,7 +77,7 @@ class GgufWriter {
   uint64_t data_size_ = 0;
   size_t current_ = 0;         // the tensor append() is writing
   uint64_t current_done_ = 0;  // its bytes written so far
-  FILE* file_ = nullptr;
+  std::optional<AtomicFile> file_;  // from begin_data() to finish()
 };
 
 }  // namespace fm

@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "formats/dtype.h"
+#include "util/atomic_file.h"
 
 namespace fm {
 
@@ -35,11 +37,11 @@ class SafetensorsWriter {
     std::vector<int64_t> shape;
     uint64_t begin, end;
   };
-  std::filesystem::path path_, tmp_;
+  std::filesystem::path path_;
   std::vector<Entry> entries_;
   uint64_t total_ = 0;
   uint64_t written_ = 0;
-  FILE* file_ = nullptr;
+  std::optional<AtomicFile> file_;  // from begin_data() to finish()
 };
 
 }  // namespace fm

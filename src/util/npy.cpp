@@ -10,6 +10,7 @@
 #include <memory>
 #include <regex>
 
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace fm {
@@ -28,26 +29,13 @@ void write_npy(const std::filesystem::path& path, const float* data, const std::
   header.append(total - 10 - header.size() - 1, ' ');
   header.push_back('\n');
 
-  const std::filesystem::path tmp = path.string() + fmt::format(".tmp{}", ::getpid());
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(tmp.c_str(), "wb"), &std::fclose);
-  if (!f) fail("{}: cannot create: {}", path.string(), std::strerror(errno));
+  AtomicFile out(path);
   const uint16_t header_len = uint16_t(header.size());
-  bool ok = std::fwrite("\x93NUMPY\x01\x00", 1, 8, f.get()) == 8 && std::fwrite(&header_len, 2, 1, f.get()) == 1 &&
-            std::fwrite(header.data(), 1, header.size(), f.get()) == header.size() &&
-            std::fwrite(data, sizeof(float), size_t(count), f.get()) == size_t(count);
-  ok = (std::fflush(f.get()) == 0) && ok;
-  ok = (std::fclose(f.release()) == 0) && ok;
-  if (!ok) {
-    const int err = errno;
-    std::filesystem::remove(tmp);
-    fail("{}: write failed: {}", path.string(), std::strerror(err));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp);
-    fail("{}: cannot rename into place: {}", path.string(), ec.message());
-  }
+  out.write("\x93NUMPY\x01\x00", 8);
+  out.write(&header_len, 2);
+  out.write(header.data(), header.size());
+  out.write(data, uint64_t(count) * sizeof(float));
+  out.commit();
 }
 
 NpyArray read_npy(const std::filesystem::path& path) {

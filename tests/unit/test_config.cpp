@@ -1,6 +1,8 @@
 // config.json parsing: the four fixtures, and malformed configs written to a temp dir (each must be an
 // fm::Error naming the file and the key at fault).
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <fstream>
@@ -23,20 +25,7 @@ namespace {
 constexpr LayerKind L = LayerKind::LinearAttention;
 constexpr LayerKind F = LayerKind::FullAttention;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           fmt::format("fm_cfg_{}_{}_{:08x}", info ? info->name() : "x", ::getpid(), rd());
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using fm::test::TempDir;
 
 fs::path fixture(const std::string& name) { return fs::path(FM_FIXTURES) / name / "config.json"; }
 

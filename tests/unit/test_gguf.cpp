@@ -3,6 +3,8 @@
 // test per kind of malformed input (each must be an fm::Error starting with the file path and naming
 // the key or tensor at fault).
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <cstdlib>
@@ -30,22 +32,7 @@ using nlohmann::json;
 
 namespace {
 
-// A fresh directory per test, removed afterwards.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           fmt::format("fm_gguf_{}_{}_{:08x}", info ? info->name() : "x", ::getpid(), rd());
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
+using fm::test::TempDir;
 
 void write_bytes(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -71,18 +58,7 @@ std::string hex(const std::byte* p, uint64_t n) {
   return out;
 }
 
-// Runs `fn`, requires an fm::Error whose message contains every one of `needles`.
-void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> needles) {
-  try {
-    fn();
-  } catch (const fm::Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& n : needles)
-      EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "no fm::Error thrown";
-}
+using fm::test::expect_error;
 
 void expect_file_error(const fs::path& file, std::initializer_list<std::string> needles) {
   try {

@@ -2,6 +2,8 @@
 // kind of malformed input (each must be an fm::Error naming the file and, where one is at fault, the
 // tensor).
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <cstring>
@@ -22,22 +24,7 @@ using nlohmann::json;
 
 namespace {
 
-// A fresh directory per test, removed afterwards.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           fmt::format("fm_st_{}_{}_{:08x}", info ? info->name() : "x", ::getpid(), rd());
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
+using fm::test::TempDir;
 
 struct TensorSpec {
   std::string name;
@@ -88,18 +75,7 @@ std::string tensor_entry(const std::string& dtype, const std::string& shape, con
   return fmt::format(R"({{"dtype":"{}","shape":{},"data_offsets":{}}})", dtype, shape, offsets);
 }
 
-// Runs `fn`, requires an fm::Error whose message contains every one of `needles`.
-void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> needles) {
-  try {
-    fn();
-  } catch (const fm::Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& n : needles)
-      EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "no fm::Error thrown";
-}
+using fm::test::expect_error;
 
 void expect_file_error(const fs::path& file, std::initializer_list<std::string> needles) {
   try {

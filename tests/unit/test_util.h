@@ -1,0 +1,48 @@
+// Helpers shared by the test suites: a scratch folder per test, and error expectations.
+#pragma once
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <initializer_list>
+#include <random>
+#include <string>
+
+#include "util/error.h"
+
+namespace fm::test {
+
+// A fresh folder per test (named after the test), removed afterwards.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::random_device rd;
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path = std::filesystem::temp_directory_path() /
+           fmt::format("fm_{}_{}_{:08x}", info ? info->name() : "x", ::getpid(), rd());
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::filesystem::path operator/(const std::string& name) const { return path / name; }
+};
+
+// Runs `fn`, requires an fm::Error whose message contains every one of `needles`.
+inline void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> needles) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+    return;
+  }
+  ADD_FAILURE() << "no fm::Error thrown";
+}
+
+}  // namespace fm::test
