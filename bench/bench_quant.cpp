@@ -1,7 +1,8 @@
 // Decode matvec (one token) over block-quantized weights, per format: weights per second
-// (items = rows * cols per call) for a 4096 x 4096 matrix on 1 and 2 threads. The matrix (4.3 to
-// 18 MB depending on the format) is reused every call, so this measures the decode-and-dot kernel
-// rather than DRAM; compare with BM_matmul_bf16 in bench_matmul for the float path.
+// (items = rows * cols per call) for a 4096 x 14336 matrix on 1 and 2 threads, the shape of
+// llama.cpp's `test-backend-ops perf -o MUL_MAT` cases (m = 4096, k = 14336, n = 1), so the two can be
+// compared on the same machine (docs/benchmarks.md). The matrix (15 to 62 MB depending on the
+// format) is reused every call; compare with BM_matmul_bf16 in bench_matmul for the float path.
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -16,7 +17,7 @@
 
 namespace {
 
-constexpr int64_t kRows = 4096, kCols = 4096;
+constexpr int64_t kRows = 4096, kCols = 14336;
 
 // Random blocks with finite, moderate scales (the values do not change the work per block).
 template <class Q>
