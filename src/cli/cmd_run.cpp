@@ -82,7 +82,9 @@ void add_run(CLI::App& app) {
   cmd->add_option("--top-k", args->sampling.top_k, "Sample from the k most likely tokens (0: all)");
   cmd->add_option("--top-p", args->sampling.top_p, "Nucleus sampling threshold");
   cmd->add_option("--seed", args->sampling.seed, "Random seed");
-  cmd->add_flag("--print-ids", args->print_ids, "Print the generated token ids on stdout, space-separated");
+  cmd->add_flag("--print-ids", args->print_ids,
+                "Print the generated token ids on stdout, space-separated (what run prints in any case until "
+                "the tokenizer exists)");
   cmd->add_option("--dump-logits", args->dump_logits,
                   "Write float32 logits [rows, vocab] to this .npy file: one row per prompt position, then one "
                   "per decoding step after the first");
