@@ -195,3 +195,28 @@ TEST_F(Cli, SynthWritesALoadableModel) {
 
 }  // namespace
 }  // namespace fm
+
+namespace fm {
+namespace {
+
+TEST_F(Cli, BenchReportsSpeedAgainstTheFloor) {
+  const fs::path json = dir_ / "bench.json";
+  const Result r = run("bench -m " + std::string(FM_FIXTURES) + "/qwen35moe-vl-bf16 -n 4 --prompt-len 8 -t 2 --json " +
+                       json.string());
+  ASSERT_EQ(r.status, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(slurp(json));
+  EXPECT_EQ(j, nlohmann::json::parse(r.out));  // the file holds what stdout shows
+  for (const char* key : {"decode_tok_s", "prefill_tok_s", "bytes_read_per_token", "read_bandwidth_bytes_s",
+                          "memory_floor_tok_s", "fraction_of_floor", "peak_rss_bytes"})
+    EXPECT_GT(j.at(key).get<double>(), 0.0) << key;
+  // Bytes per decoded token of this bf16 model (hidden 64, vocab 512, 3 DeltaNet + 1 attention layer,
+  // top-2 of 8 experts of 32, shared expert of 48): embedding row 128 + LM head 65536
+  // + 3 x DeltaNet (qkv 20480 + z 12288 + b 512 + a 512 + out 12288) + attention (q 32768 + k 8192
+  // + v 8192 + o 16384) + 4 x MoE (router 1024 + 2 experts x 12288 + shared 18432 + its gate 128).
+  const double bytes = j.at("bytes_read_per_token").get<double>();
+  EXPECT_EQ(bytes, 128 + 65536 + 3 * 46080 + 65536 + 4 * 44160);
+  EXPECT_NEAR(j.at("memory_floor_tok_s").get<double>(), j.at("read_bandwidth_bytes_s").get<double>() / bytes, 1e-6 * bytes);
+}
+
+}  // namespace
+}  // namespace fm
