@@ -61,11 +61,14 @@ void run(const RunArgs& a) {
 
   const double prefill_tps = r.prefill_seconds > 0 ? r.n_prompt / r.prefill_seconds : 0.0;
   const double decode_tps = r.decode_seconds > 0 && r.decode_steps > 0 ? r.decode_steps / r.decode_seconds : 0.0;
+  // Weights streamed per second while decoding: against the machine's read bandwidth (flashmoe bench)
+  // this says how close decoding runs to the memory floor.
+  const double decode_gbs = r.decode_seconds > 0 ? double(r.decode_weight_bytes) / r.decode_seconds / 1e9 : 0.0;
   std::fprintf(stderr,
-               "load %.3f s | prefill %d tok, %.1f tok/s | decode %d tok, %.2f tok/s | weights read %.2f GB "
-               "| %d threads | peak RSS %.1f MiB\n",
-               load_s, r.n_prompt, prefill_tps, r.decode_steps, decode_tps, double(bytes) / 1e9, backend.pool().size(),
-               double(peak_rss_bytes()) / (1 << 20));
+               "load %.3f s | prefill %d tok, %.1f tok/s | decode %d tok, %.2f tok/s, %.2f GB/s of weights | weights "
+               "read %.2f GB | %d threads | peak RSS %.1f MiB\n",
+               load_s, r.n_prompt, prefill_tps, r.decode_steps, decode_tps, decode_gbs, double(bytes) / 1e9,
+               backend.pool().size(), double(peak_rss_bytes()) / (1 << 20));
 }
 
 }  // namespace

@@ -35,6 +35,7 @@ GenerateResult generate(Transformer& model, SequenceState& state, std::span<cons
   r.prefill_seconds = seconds_since(t0);
 
   int64_t row = int64_t(prompt.size());
+  const uint64_t bytes_before_decode = model.weight_bytes_read();
   t0 = std::chrono::steady_clock::now();
   for (int step = 0; step < options.max_new_tokens; ++step) {
     const int32_t id = sampler.sample(last.data());
@@ -46,6 +47,7 @@ GenerateResult generate(Transformer& model, SequenceState& state, std::span<cons
     if (options.keep_logits) std::copy_n(last.data(), V, r.logits.data() + (row++) * V);
   }
   r.decode_seconds = seconds_since(t0);
+  r.decode_weight_bytes = model.weight_bytes_read() - bytes_before_decode;
   if (options.keep_logits) {  // an early stop leaves fewer rows
     r.logits_rows = row;
     r.logits.resize(size_t(row * V));

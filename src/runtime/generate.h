@@ -25,6 +25,7 @@ struct GenerateResult {
   double prefill_seconds = 0.0;  // prompt forward pass
   double decode_seconds = 0.0;   // every later forward pass
   int decode_steps = 0;
+  uint64_t decode_weight_bytes = 0;  // weights read by the decoding steps (Transformer::weight_bytes_read)
 };
 
 // on_token(id) is called as each token is chosen (for streaming); returning false stops early.
