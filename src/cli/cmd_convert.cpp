@@ -24,7 +24,7 @@ void convert(const ConvertArgs& a) {
   o.threads = resolve_threads(a.threads);
   convert_to_gguf(a.input, a.output, o, [](const ConvertProgress& p) {
     std::fprintf(stderr, "\r[%zu/%zu] %3.0f%% %-40s %-8s", p.tensor_index + 1, p.tensor_count,
-                 100.0 * double(p.bytes_done) / double(p.bytes_total), p.name.c_str(),
+                 100.0 * double(p.values_done) / double(p.values_total), p.name.c_str(),
                  std::string(dtype_name(p.type)).c_str());
   });
   std::fprintf(stderr, "\nconvert: wrote %s\n", a.output.c_str());

@@ -343,8 +343,8 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
   out.begin_data();
 
   ThreadPool pool(std::max(1, options.threads));
-  uint64_t in_total = 0, in_done = 0;
-  for (const Plan& p : plans) in_total += uint64_t(rows_of(p)) * uint64_t(p.shape.back());
+  uint64_t values_total = 0, values_done = 0;
+  for (const Plan& p : plans) values_total += uint64_t(rows_of(p)) * uint64_t(p.shape.back());
   std::vector<std::byte> buffer;
   for (size_t i = 0; i < plans.size(); ++i) {
     const Plan& p = plans[i];
@@ -363,8 +363,8 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
       });
       out.append(buffer.data(), buffer.size());
     }
-    in_done += uint64_t(rows) * uint64_t(cols);
-    if (progress) progress(ConvertProgress{i, plans.size(), p.name, types[i], in_done, in_total});
+    values_done += uint64_t(rows) * uint64_t(cols);
+    if (progress) progress(ConvertProgress{i, plans.size(), p.name, types[i], values_done, values_total});
   }
   out.finish();
 }

@@ -30,7 +30,7 @@ struct ConvertProgress {
   size_t tensor_index, tensor_count;
   const std::string& name;
   DType type;
-  uint64_t bytes_done, bytes_total;  // input bytes
+  uint64_t values_done, values_total;  // weights converted so far, of all
 };
 
 // "Q8_0" -> DType; throws fm::Error naming `what` for an unknown or unwritable type.
