@@ -33,16 +33,21 @@ struct TempDir {
   std::filesystem::path operator/(const std::string& name) const { return path / name; }
 };
 
-// Runs `fn`, requires an fm::Error whose message contains every one of `needles`.
-inline void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> needles) {
+// Runs `fn`, requires an fm::Error whose message contains every one of `needles` and, when given,
+// starts with `starts_with` (errors about a file start with its path, so users know which is broken).
+inline void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> needles,
+                         const std::string& starts_with = {}) {
   try {
     fn();
   } catch (const Error& e) {
     const std::string msg = e.what();
+    if (!starts_with.empty()) {
+      EXPECT_EQ(msg.rfind(starts_with, 0), 0u) << msg;
+    }
     for (const std::string& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
     return;
   }
-  ADD_FAILURE() << "no fm::Error thrown";
+  ADD_FAILURE() << "no fm::Error thrown" << (starts_with.empty() ? "" : " for " + starts_with);
 }
 
 }  // namespace fm::test
