@@ -15,6 +15,9 @@ void add_engine_options(CLI::App& cmd, EngineArgs& args) {
       ->check(CLI::PositiveNumber);
   cmd.add_option("--batch", args.transformer.max_batch, "Prompt tokens per forward pass")
       ->check(CLI::PositiveNumber);
+  cmd.add_option("--moe-top-k", args.transformer.experts_per_tok,
+                 "Routed experts per token (default: the model's; fewer trade quality for speed)")
+      ->check(CLI::PositiveNumber);
 }
 
 int resolve_threads(int requested) { return requested > 0 ? requested : hardware_threads(); }

@@ -48,7 +48,7 @@ Transformer::Transformer(const Model& model, Backend& backend, const Transformer
     : model_(model), be_(backend), options_(options) {
   const ModelConfig& c = model_.config;
   top_k_ = options_.experts_per_tok > 0 ? options_.experts_per_tok : c.num_experts_per_tok;
-  if (top_k_ > c.num_experts) fail("--top-k {} exceeds the model's {} experts", top_k_, c.num_experts);
+  if (top_k_ > c.num_experts) fail("--moe-top-k {} exceeds the model's {} experts", top_k_, c.num_experts);
   FM_CHECK(options_.max_batch > 0 && options_.max_context > 0, "bad transformer options");
 
   const size_t n = size_t(options_.max_batch), H = size_t(c.hidden_size);

@@ -220,3 +220,19 @@ TEST_F(Cli, BenchReportsSpeedAgainstTheFloor) {
 
 }  // namespace
 }  // namespace fm
+
+namespace fm {
+namespace {
+
+TEST_F(Cli, MoeTopKOverridesExpertsPerToken) {
+  const std::string base = "run -m " + std::string(FM_FIXTURES) + "/qwen3moe-f16 --prompt-ids 5,6,7,8,9 -n 8 ";
+  const Result normal = run(base), same = run(base + "--moe-top-k 3"), fewer = run(base + "--moe-top-k 1");
+  ASSERT_EQ(normal.status, 0) << normal.err;
+  EXPECT_EQ(normal.out, same.out);  // the model's own top-k is 3
+  ASSERT_EQ(fewer.status, 0) << fewer.err;
+  EXPECT_NE(normal.out, fewer.out);
+  expect_error(run(base + "--moe-top-k 9"), {"--moe-top-k 9", "8 experts"});
+}
+
+}  // namespace
+}  // namespace fm
