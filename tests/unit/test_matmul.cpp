@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -88,20 +90,7 @@ void check_matmul(const TestMat& m, int n, ThreadPool& pool) {
   }
 }
 
-// Runs the body once on the scalar path and, where the CPU has it, once on the AVX2 path.
-template <class F>
-void for_each_isa(F&& body) {
-  cpu::set_force_scalar(true);
-  EXPECT_STREQ(cpu::matmul_isa(), "scalar");
-  body();
-  cpu::set_force_scalar(false);
-  if (cpu::have_avx2()) {
-    EXPECT_STREQ(cpu::matmul_isa(), "avx2");
-    body();
-  } else {
-    GTEST_LOG_(INFO) << "no AVX2/FMA/F16C here: only the scalar path is tested";
-  }
-}
+using test::for_each_isa;
 
 class MatmulTest : public testing::TestWithParam<DType> {};
 

@@ -6,6 +6,8 @@
 // the magnitude of the terms, not with the result, which cancellation can make tiny.
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -113,18 +115,7 @@ void check_matmul(const QuantMat& m, int n, ThreadPool& pool) {
   }
 }
 
-template <class F>
-void for_each_isa(F&& body) {
-  cpu::set_force_scalar(true);
-  body();
-  cpu::set_force_scalar(false);
-  if (cpu::have_avx2()) {
-    EXPECT_STREQ(cpu::matmul_isa(), "avx2");
-    body();
-  } else {
-    GTEST_LOG_(INFO) << "no AVX2/FMA/F16C here: only the scalar path is tested";
-  }
-}
+using test::for_each_isa;
 
 class MatmulQuantTest : public testing::TestWithParam<DType> {};
 

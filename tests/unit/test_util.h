@@ -10,6 +10,7 @@
 #include <random>
 #include <string>
 
+#include "ops/cpu/kernels.h"
 #include "util/error.h"
 
 namespace fm::test {
@@ -48,6 +49,21 @@ inline void expect_error(const std::function<void()>& fn, std::initializer_list<
     return;
   }
   ADD_FAILURE() << "no fm::Error thrown" << (starts_with.empty() ? "" : " for " + starts_with);
+}
+
+// Runs the body once on the scalar kernels and, where the CPU has them, once on the AVX2 ones.
+template <class F>
+void for_each_isa(F&& body) {
+  cpu::set_force_scalar(true);
+  EXPECT_STREQ(cpu::matmul_isa(), "scalar");
+  body();
+  cpu::set_force_scalar(false);
+  if (cpu::have_avx2()) {
+    EXPECT_STREQ(cpu::matmul_isa(), "avx2");
+    body();
+  } else {
+    GTEST_LOG_(INFO) << "no AVX2/FMA/F16C here: only the scalar path is tested";
+  }
 }
 
 }  // namespace fm::test
