@@ -84,36 +84,8 @@ QuantMat make_quant_mat(DType t, int64_t rows, int64_t cols, uint32_t seed, uint
   return m;
 }
 
-std::vector<float> random_input(int n, int64_t cols, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  std::vector<float> x(static_cast<size_t>(n * cols));
-  for (float& v : x) v = dist(rng);
-  return x;
-}
-
-// An output left unwritten stays NaN and fails.
-void check_matmul(const QuantMat& m, int n, ThreadPool& pool) {
-  const int64_t rows = m.mat.rows, cols = m.mat.cols;
-  const std::vector<float> x = random_input(n, cols, uint32_t(rows * 131 + cols * 7 + n));
-  std::vector<float> y(static_cast<size_t>(n * rows), std::numeric_limits<float>::quiet_NaN());
-  cpu::matmul(m.mat, x.data(), n, y.data(), pool);
-  for (int t = 0; t < n; ++t) {
-    for (int64_t r = 0; r < rows; ++r) {
-      double ref = 0.0, mag = 0.0;
-      for (int64_t c = 0; c < cols; ++c) {
-        const double p = double(m.values[size_t(r * cols + c)]) * double(x[size_t(t * cols + c)]);
-        ref += p;
-        mag += std::fabs(p);
-      }
-      const float got = y[size_t(t * rows + r)];
-      ASSERT_LE(std::fabs(double(got) - ref), kTolerance * (1.0 + mag))
-          << dtype_name(m.mat.dtype) << " isa=" << cpu::matmul_isa() << " rows=" << rows << " cols=" << cols
-          << " n=" << n << " threads=" << pool.size() << " t=" << t << " r=" << r << " got=" << got
-          << " ref=" << ref;
-    }
-  }
-}
+// The double-precision comparison of test_util.h, on this suite's matrices.
+void check_matmul(const QuantMat& m, int n, ThreadPool& pool) { test::check_matmul(m.mat, m.values, n, pool, kTolerance); }
 
 using test::for_each_isa;
 

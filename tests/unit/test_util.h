@@ -8,9 +8,14 @@
 #include <functional>
 #include <initializer_list>
 #include <random>
+#include <cmath>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "ops/cpu/kernels.h"
+#include "ops/mat.h"
+#include "util/thread_pool.h"
 #include "util/error.h"
 
 namespace fm::test {
@@ -49,6 +54,34 @@ inline void expect_error(const std::function<void()>& fn, std::initializer_list<
     return;
   }
   ADD_FAILURE() << "no fm::Error thrown" << (starts_with.empty() ? "" : " for " + starts_with);
+}
+
+// Compares cpu::matmul of `w` with a double-precision sum over `values` (w's stored weights as
+// float, [rows][cols]) for n random tokens: |error| <= tolerance * (1 + sum |w x|) per output. The
+// output starts as NaN, so an unwritten element fails.
+inline void check_matmul(const Mat& w, const std::vector<float>& values, int n, ThreadPool& pool, double tolerance) {
+  const int64_t rows = w.rows, cols = w.cols;
+  std::mt19937 rng(uint32_t(rows * 131 + cols * 7 + n));
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (float& v : x) v = dist(rng);
+  std::vector<float> y(static_cast<size_t>(n * rows), std::numeric_limits<float>::quiet_NaN());
+  cpu::matmul(w, x.data(), n, y.data(), pool);
+  for (int t = 0; t < n; ++t) {
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref = 0.0, mag = 0.0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const double p = double(values[size_t(r * cols + c)]) * double(x[size_t(t * cols + c)]);
+        ref += p;
+        mag += std::fabs(p);
+      }
+      const float got = y[size_t(t * rows + r)];
+      ASSERT_LE(std::fabs(double(got) - ref), tolerance * (1.0 + mag))
+          << dtype_name(w.dtype) << " isa=" << cpu::matmul_isa() << " rows=" << rows << " cols=" << cols
+          << " n=" << n << " threads=" << pool.size() << " t=" << t << " r=" << r << " got=" << got
+          << " ref=" << ref;
+    }
+  }
 }
 
 // Runs the body once on the scalar kernels and, where the CPU has them, once on the AVX2 ones.
