@@ -2,7 +2,8 @@
 // (items = rows * cols per call) for a 4096 x 14336 matrix on 1 and 2 threads, the shape of
 // llama.cpp's `test-backend-ops perf -o MUL_MAT` cases (m = 4096, k = 14336, n = 1), so the two can be
 // compared on the same machine (docs/benchmarks.md). The matrix (15 to 62 MB depending on the
-// format) is reused every call; compare with BM_matmul_bf16 in bench_matmul for the float path.
+// format) is reused every call. F16 and BF16 take the float path on the same shape.
+// scripts/bench_quant_vs_llama.sh runs this next to llama.cpp's test-backend-ops and prints the ratios.
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -56,6 +57,42 @@ void BM_matvec_quant(benchmark::State& state) {
   state.SetBytesProcessed(int64_t(state.iterations() * w.nbytes()));
   state.SetLabel(fm::cpu::matmul_isa());
 }
+
+// The float weight types of the same table (F16 and BF16 rows of random finite values).
+template <fm::DType kType>
+void BM_matvec_float(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<uint16_t> weights(static_cast<size_t>(kRows * kCols));
+  for (uint16_t& v : weights) v = kType == fm::DType::F16 ? fm::f32_to_f16(dist(rng)) : fm::f32_to_bf16(dist(rng));
+  const fm::Mat w{kType, kRows, kCols, reinterpret_cast<const std::byte*>(weights.data()), uint64_t(kCols) * 2};
+  std::vector<float> x(static_cast<size_t>(kCols), 0.5f), y(static_cast<size_t>(kRows));
+  fm::ThreadPool pool(threads);
+  for (auto _ : state) {
+    fm::cpu::matmul(w, x.data(), 1, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * kRows * kCols);
+  state.SetBytesProcessed(int64_t(state.iterations() * w.nbytes()));
+  state.SetLabel(fm::cpu::matmul_isa());
+}
+
+BENCHMARK_TEMPLATE(BM_matvec_float, fm::DType::F16)
+    ->Name("BM_matvec_F16")
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(2)
+    ->UseRealTime()
+    ->MinWarmUpTime(0.2);
+BENCHMARK_TEMPLATE(BM_matvec_float, fm::DType::BF16)
+    ->Name("BM_matvec_BF16")
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(2)
+    ->UseRealTime()
+    ->MinWarmUpTime(0.2);
 
 #define FM_QUANT_BENCH(T)                           \
   BENCHMARK_TEMPLATE(BM_matvec_quant, fm::quant::T) \

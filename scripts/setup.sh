@@ -3,8 +3,10 @@
 # its runtime only for the parser fuzzers the test suite runs briefly).
 set -euo pipefail
 packages=(build-essential cmake pkg-config libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
-          libcli11-dev libfmt-dev libpcre2-dev liburing-dev libcpp-httplib-dev libreadline-dev
-          clang libclang-rt-14-dev)
+          libcli11-dev libfmt-dev libpcre2-dev liburing-dev libcpp-httplib-dev libreadline-dev libutf8proc-dev
+          zlib1g-dev tmux
+          clang libclang-rt-14-dev
+          diatheke)  # diatheke: scripts/get_corpus.sh reads the evaluation text's SWORD modules with it
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

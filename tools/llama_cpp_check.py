@@ -97,7 +97,8 @@ def main():
             llm.eval(prompt)
             theirs = np.array(llm.scores[: len(prompt)], dtype=np.float32)
     ok = True
-    for label, other in (("transformers", expected), ("flashmoe", np.load(args.ours)[: len(prompt)] if args.ours else None)):
+    reference = "mlx_lm" if "mlx_lm" in ref else "transformers"
+    for label, other in ((reference, expected), ("flashmoe", np.load(args.ours)[: len(prompt)] if args.ours else None)):
         if other is None:
             continue
         diff = float(np.abs(theirs - other).max())

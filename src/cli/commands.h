@@ -8,5 +8,7 @@ namespace fm::cli {
 void add_run(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_tokenize(CLI::App& app);
+void add_chat(CLI::App& app);
 
 }  // namespace fm::cli

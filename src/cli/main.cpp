@@ -10,6 +10,8 @@ int main(int argc, char** argv) {
   fm::cli::add_run(app);
   fm::cli::add_bench(app);
   fm::cli::add_convert(app);
+  fm::cli::add_tokenize(app);
+  fm::cli::add_chat(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

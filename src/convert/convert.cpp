@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -12,7 +13,9 @@
 #include "formats/quant.h"
 #include "model/gguf_model.h"
 #include "model/model.h"
+#include "tokenizer/tokenizer_gguf.h"
 #include "util/error.h"
+#include "util/half.h"
 #include "util/thread_pool.h"
 
 namespace fm {
@@ -21,11 +24,16 @@ namespace {
 
 // One output tensor: its GGUF name, shape (PyTorch order) and a way to produce row r as float32.
 // Tensors of rank 1 are one row.
+// Writes row r as `type` without requantizing and returns true, or returns false where that type
+// cannot hold the row exactly (the row then takes the float path).
+using ExactRow = std::function<bool(int64_t row, DType type, std::byte* out)>;
+
 struct Plan {
   std::string name;
   std::vector<int64_t> shape;
   std::function<void(int64_t row, float* out)> row;
   const TensorView* source = nullptr;  // GGUF input: copied as it is when the type stays
+  ExactRow exact = {};                 // MLX input: a repacking that keeps every value
 };
 
 // Tensors kept in F32 whatever the requested type, as llama.cpp's converters keep them: vectors
@@ -47,10 +55,50 @@ int64_t rows_of(const Plan& p) {
   return rows;
 }
 
-void read_mat_row(const Mat& m, int64_t r, float* out) { dequantize_row(m.dtype, m.data + uint64_t(r) * m.row_bytes, m.cols, out); }
+void read_mat_row(const Mat& m, int64_t r, float* out) { dequantize_mat_row(m, r, out); }
+
+// MLX 4-bit rows as Q4_1 blocks, exactly: both compute level * scale + bias in float32 (the product
+// is exact, then one rounding), so a Q4_1 block of 32 values within one MLX group holds the same
+// values when the group's scale and bias survive the trip to f16 (bf16 values of normal f16 range
+// do). No other pair maps in general: MLX 8-bit and Q8_0 agree only where bias = -128 * scale, MLX
+// 2/3/6-bit groups have no GGUF type with a free float offset per group, and K-quants quantize
+// their scales. Returns false, having written part of the row perhaps, when a scale or bias is not
+// f16-exact.
+bool mlx4_row_as_q4_1(const Mat& m, int64_t r, std::byte* out) {
+  constexpr int kBlockBytes = 20;  // ggml block_q4_1: f16 d, f16 m, 16 bytes of nibbles
+  const std::byte* row = m.data + uint64_t(r) * m.row_bytes;
+  const std::byte* scales = m.mlx.scales + uint64_t(r) * m.mlx.row_bytes;
+  const std::byte* biases = m.mlx.biases + uint64_t(r) * m.mlx.row_bytes;
+  for (int64_t b = 0; b < m.cols / 32; ++b) {
+    const int64_t g = b * 32 / m.mlx.group;
+    const float scale = mlx_group_param(scales, m.mlx.dtype, g), bias = mlx_group_param(biases, m.mlx.dtype, g);
+    const uint16_t d = f32_to_f16(scale), min = f32_to_f16(bias);
+    if (f16_to_f32(d) != scale || f16_to_f32(min) != bias) return false;
+    std::byte* block = out + b * kBlockBytes;
+    std::memcpy(block, &d, 2);
+    std::memcpy(block + 2, &min, 2);
+    // MLX: value j of the block is nibble j of its 16 bytes (low nibble first); Q4_1: byte j holds
+    // value j (low) and value j + 16 (high).
+    const auto* src = reinterpret_cast<const uint8_t*>(row + b * 16);
+    for (int j = 0; j < 16; ++j) {
+      const uint8_t lo = (src[j / 2] >> (4 * (j % 2))) & 0xF, hi = (src[(j + 16) / 2] >> (4 * (j % 2))) & 0xF;
+      block[4 + j] = std::byte(lo | hi << 4);
+    }
+  }
+  return true;
+}
+
+// The exact repacking of rows of m (row r of the output is row map(r) of m), where there is one.
+ExactRow exact_rows(const Mat& m, std::function<int64_t(int64_t)> map = {}) {
+  if (m.dtype != DType::MLX4) return {};
+  return [m, map](int64_t r, DType type, std::byte* out) {
+    return type == DType::Q4_1 && mlx4_row_as_q4_1(m, map ? map(r) : r, out);
+  };
+}
 
 Plan mat_plan(std::string name, const Mat& m) {
-  return Plan{std::move(name), {m.rows, m.cols}, [m](int64_t r, float* out) { read_mat_row(m, r, out); }};
+  return Plan{std::move(name), {m.rows, m.cols}, [m](int64_t r, float* out) { read_mat_row(m, r, out); }, nullptr,
+              exact_rows(m)};
 }
 
 Plan vec_plan(std::string name, std::vector<float> v, std::vector<int64_t> shape = {}) {
@@ -67,8 +115,15 @@ Plan stacked_plan(std::string name, const std::vector<FfnWeights>& experts, Mat 
   const int64_t rows = first.rows;
   std::vector<Mat> mats;
   for (const FfnWeights& e : experts) mats.push_back(e.*role);
+  ExactRow exact;
+  if (first.dtype == DType::MLX4)
+    exact = [mats, rows](int64_t r, DType type, std::byte* out) {
+      return type == DType::Q4_1 && mats[size_t(r / rows)].dtype == DType::MLX4 &&
+             mlx4_row_as_q4_1(mats[size_t(r / rows)], r % rows, out);
+    };
   return Plan{std::move(name), {int64_t(experts.size()), rows, first.cols},
-              [mats, rows](int64_t r, float* out) { read_mat_row(mats[size_t(r / rows)], r % rows, out); }};
+              [mats, rows](int64_t r, float* out) { read_mat_row(mats[size_t(r / rows)], r % rows, out); }, nullptr,
+              std::move(exact)};
 }
 
 // llama.cpp's qwen35moe stores the V heads of the linear-attention layers tiled ([G0v0, G1v0, ...])
@@ -130,13 +185,16 @@ std::vector<Plan> plan_from_model(const Model& model) {
       auto qkv_row = [qk_rows, order](int64_t r) { return r < qk_rows ? r : qk_rows + order.old_row(r - qk_rows); };
       Plan qkv = mat_plan(n("attn_qkv.weight"), d.qkv);
       qkv.row = [m = d.qkv, qkv_row](int64_t r, float* out) { read_mat_row(m, qkv_row(r), out); };
+      qkv.exact = exact_rows(d.qkv, qkv_row);
       plans.push_back(std::move(qkv));
       Plan z = mat_plan(n("attn_gate.weight"), d.z);
       z.row = [m = d.z, order](int64_t r, float* out) { read_mat_row(m, order.old_row(r), out); };
+      z.exact = exact_rows(d.z, [order](int64_t r) { return order.old_row(r); });
       plans.push_back(std::move(z));
       for (auto [name, mat] : {std::pair{"ssm_beta.weight", &d.b}, std::pair{"ssm_alpha.weight", &d.a}}) {
         Plan p = mat_plan(n(name), *mat);
         p.row = [m = *mat, order](int64_t r, float* out) { read_mat_row(m, order.old_head(r), out); };
+        p.exact = exact_rows(*mat, [order](int64_t r) { return order.old_head(r); });
         plans.push_back(std::move(p));
       }
       const int64_t K = c.linear_conv_kernel, C = c.linear_conv_dim();
@@ -148,6 +206,7 @@ std::vector<Plan> plan_from_model(const Model& model) {
       plans.push_back(vec_plan(n("ssm_a"), reorder_heads(d.decay_scale, order)));
       plans.push_back(vec_plan(n("ssm_norm.weight"), d.norm));
       Plan out = mat_plan(n("ssm_out.weight"), d.out);
+      out.exact = {};  // columns reordered: MLX groups do not survive
       out.row = [m = d.out, order](int64_t r, float* dst) {
         std::vector<float> src(static_cast<size_t>(m.cols));
         read_mat_row(m, r, src.data());
@@ -274,6 +333,10 @@ bool block_fits(DType t, int64_t cols) { return cols % dtype_info(t).block == 0;
 
 }  // namespace
 
+void write_gguf_model_metadata(GgufWriter& out, const ModelConfig& config, DType main_type, const std::string& source) {
+  write_metadata(out, config, main_type, source);
+}
+
 DType parse_output_type(const std::string& name, const char* what) {
   const std::optional<DType> t = dtype_from_name(name);
   if (!t || !can_quantize(*t)) {
@@ -338,6 +401,9 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
     out.set_u32("general.file_type", file_type_of(options.type));
   } else {
     write_metadata(out, model->config, options.type, input.string());
+    if (std::filesystem::exists(input / "tokenizer.json"))
+      write_tokenizer_metadata(out, input,
+                               {.vocab_size = model->config.vocab_size, .write_eos = model->config.eos_token_ids.empty()});
   }
   for (size_t i = 0; i < plans.size(); ++i) out.declare(plans[i].name, types[i], plans[i].shape);
   out.begin_data();
@@ -346,6 +412,7 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
   uint64_t values_total = 0, values_done = 0;
   for (const Plan& p : plans) values_total += uint64_t(rows_of(p)) * uint64_t(p.shape.back());
   std::vector<std::byte> buffer;
+  int exact_tensors = 0, requantized_mlx = 0;  // MLX 4-bit tensors repacked as Q4_1 as they are, or not
   for (size_t i = 0; i < plans.size(); ++i) {
     const Plan& p = plans[i];
     const int64_t rows = rows_of(p), cols = p.shape.back();
@@ -354,19 +421,32 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
     } else {
       const uint64_t row_bytes = *dtype_row_bytes(types[i], uint64_t(cols));
       buffer.resize(size_t(row_bytes * uint64_t(rows)));
+      std::atomic<int64_t> exact{0};
       pool.parallel_for(rows, 16, [&](int64_t r0, int64_t r1, int) {
         std::vector<float> row(static_cast<size_t>(cols));
         for (int64_t r = r0; r < r1; ++r) {
+          std::byte* dst = buffer.data() + uint64_t(r) * row_bytes;
+          if (p.exact && p.exact(r, types[i], dst)) {
+            exact.fetch_add(1, std::memory_order_relaxed);
+            continue;
+          }
           p.row(r, row.data());
-          quantize_row(types[i], row.data(), cols, buffer.data() + uint64_t(r) * row_bytes);
+          quantize_row(types[i], row.data(), cols, dst);
         }
       });
+      if (exact.load() > 0) ++exact_tensors;
+      if (p.exact && types[i] == DType::Q4_1 && exact.load() < rows) ++requantized_mlx;
       out.append(buffer.data(), buffer.size());
     }
     values_done += uint64_t(rows) * uint64_t(cols);
     if (progress) progress(ConvertProgress{i, plans.size(), p.name, types[i], values_done, values_total});
   }
   out.finish();
+  if (exact_tensors > 0 || requantized_mlx > 0)
+    std::fprintf(stderr, "convert: %d MLX 4-bit tensors repacked as Q4_1 without requantizing%s\n", exact_tensors,
+                 requantized_mlx ? fmt::format(" ({} had groups whose scale or bias f16 cannot hold: requantized)",
+                                               requantized_mlx).c_str()
+                                 : "");
 }
 
 }  // namespace fm

@@ -38,6 +38,11 @@ DType parse_output_type(const std::string& name, const char* what);
 // "REGEX=TYPE"
 TensorTypeRule parse_tensor_type_rule(const std::string& text);
 
+class GgufWriter;
+struct ModelConfig;
+// The model metadata llama.cpp reads ({arch}.* keys, general.*), as convert_to_gguf writes it.
+void write_gguf_model_metadata(GgufWriter& out, const ModelConfig& config, DType main_type, const std::string& source);
+
 void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::path& output,
                      const ConvertOptions& options, const std::function<void(const ConvertProgress&)>& progress = {});
 

@@ -38,6 +38,12 @@ constexpr std::array<DTypeInfo, kNumDTypes> kInfo = {{
     {"IQ3_XXS", 256, 98, 18},
     {"IQ3_S", 256, 110, 21},
     {"IQ4_XS", 256, 136, 23},
+    // MLX: 32 values of b bits are b uint32 words.
+    {"MLX2", 32, 8, -1},
+    {"MLX3", 32, 12, -1},
+    {"MLX4", 32, 16, -1},
+    {"MLX6", 32, 24, -1},
+    {"MLX8", 32, 32, -1},
 }};
 
 bool iequal(std::string_view a, std::string_view b) {
@@ -66,6 +72,19 @@ std::optional<DType> dtype_from_name(std::string_view name) {
   for (size_t i = 0; i < kInfo.size(); ++i)
     if (iequal(kInfo[i].name, name)) return DType(i);
   return std::nullopt;
+}
+
+int mlx_bits(DType t) { return is_mlx(t) ? dtype_info(t).block_bytes / 4 : 0; }
+
+std::optional<DType> mlx_dtype(int bits) {
+  switch (bits) {
+    case 2: return DType::MLX2;
+    case 3: return DType::MLX3;
+    case 4: return DType::MLX4;
+    case 6: return DType::MLX6;
+    case 8: return DType::MLX8;
+    default: return std::nullopt;
+  }
 }
 
 std::optional<uint64_t> dtype_row_bytes(DType t, uint64_t n) {

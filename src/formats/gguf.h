@@ -87,6 +87,7 @@ class GgufFile {
   uint32_t version() const { return version_; }
   uint32_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }  // where the data section starts in the file
+  const MappedFile& mapping() const { return file_; }     // empty for parse()
 
   // Metadata in file order.
   const std::vector<GgufKv>& metadata() const { return metadata_; }

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 #include "util/error.h"
 #include "util/half.h"
@@ -438,6 +440,208 @@ void quantize_block(const float* x, IQ4_XS::Block& b) {
     for (int j = 0; j < 16; ++j) b.qs[16 * ib + j] = uint8_t(L[32 * ib + j] | L[32 * ib + 16 + j] << 4);
 }
 
+// ---- IQ3_XXS (quantize_row_iq3_xxs_impl with grid size 256, no importance matrix) -----------------
+// Each group of 4 magnitudes is one of 256 grid points with 3-bit levels l (magnitude 2l + 1 in the
+// quantizer's units); each group of 8 values has 7 stored sign bits (the eighth makes the number of
+// minus signs even); each 32 values a 4-bit scale under the block's f16 scale.
+
+struct Iq3Grid {
+  uint8_t levels[256][4];     // the grid points as levels 0..7
+  int16_t map[4096];          // point (l0 | l1 << 3 | l2 << 6 | l3 << 9) -> grid index, -1 off the grid
+  std::vector<uint16_t> near[4096];  // off-grid points: the grid points at the two smallest distances
+};
+
+// llama.cpp's iq3xs_init_impl: the levels are those of the dequantization grid (magnitudes 4, 12,
+// ..., 52, 62 are levels 0..7), the neighbours of an off-grid point every grid point at its nearest
+// and second-nearest squared distance, ordered by (distance, index).
+const Iq3Grid& iq3_grid() {
+  static const Iq3Grid grid = [] {
+    Iq3Grid g;
+    std::fill(std::begin(g.map), std::end(g.map), int16_t(-1));
+    for (int i = 0; i < 256; ++i) {
+      int u = 0;
+      for (int k = 0; k < 4; ++k) {
+        g.levels[i][k] = uint8_t(tables::kGridIq3xxs[i][k] / 8);
+        u |= g.levels[i][k] << 3 * k;
+      }
+      g.map[u] = int16_t(i);
+    }
+    std::vector<std::pair<int, int>> dist(256);
+    for (int u = 0; u < 4096; ++u) {
+      if (g.map[u] >= 0) continue;
+      for (int j = 0; j < 256; ++j) {
+        int d2 = 0;
+        for (int k = 0; k < 4; ++k) {
+          const int diff = 2 * g.levels[j][k] - 2 * ((u >> 3 * k) & 7);
+          d2 += diff * diff;
+        }
+        dist[size_t(j)] = {d2, j};
+      }
+      std::sort(dist.begin(), dist.end());
+      int d2 = dist[0].first, distances = 1;
+      for (const auto& [dd, j] : dist) {
+        if (dd > d2) {
+          if (distances == 2) break;
+          d2 = dd;
+          ++distances;
+        }
+        g.near[u].push_back(uint16_t(j));
+      }
+    }
+    return g;
+  }();
+  return grid;
+}
+
+// iq3_find_best_neighbour: the neighbour of least weighted error at `scale`; its levels into L.
+int iq3_best_neighbour(const Iq3Grid& g, int u, const float* xval, const float* weight, float scale, int8_t* L) {
+  float best_d2 = std::numeric_limits<float>::max();
+  int index = -1;
+  for (uint16_t j : g.near[u]) {
+    float d2 = 0;
+    for (int i = 0; i < 4; ++i) {
+      const float diff = scale * float(2 * g.levels[j][i] + 1) - xval[i];
+      d2 += weight[i] * diff * diff;
+    }
+    if (d2 < best_d2) {
+      best_d2 = d2;
+      index = j;
+    }
+  }
+  FM_CHECK(index >= 0, "IQ3 point {} has no neighbours", u);
+  for (int i = 0; i < 4; ++i) L[i] = int8_t(g.levels[index][i]);
+  return index;
+}
+
+void quantize_block(const float* x, IQ3_XXS::Block& b) {
+  constexpr int kMaxQ = 8;
+  constexpr float kGroupMaxEps = 1e-8f;
+  const Iq3Grid& g = iq3_grid();
+  std::memset(&b, 0, sizeof(b));
+  float scales[8];
+  float max_scale = 0;
+  uint32_t signs_and_scales[8] = {};
+  for (int ib = 0; ib < 8; ++ib) {
+    const float* xb = x + 32 * ib;
+    float weight[32], waux[32], xval[32];
+    int8_t L[32] = {}, Laux[32];
+    uint8_t block_signs[4];
+    for (int i = 0; i < 32; ++i) {
+      weight[i] = xb[i] * xb[i];
+      waux[i] = std::sqrt(weight[i]);
+    }
+    // Signs per 8 values, an even number of them: with an odd count, the value that costs least to
+    // flip (smallest w x^2) is taken with the wrong sign.
+    for (int k = 0; k < 4; ++k) {
+      int nflip = 0;
+      uint8_t sbits = 0;
+      for (int i = 0; i < 8; ++i) {
+        const float v = xb[8 * k + i];
+        xval[8 * k + i] = v >= 0 ? v : -v;
+        if (v < 0) {
+          ++nflip;
+          sbits = uint8_t(sbits | 1 << i);
+        }
+      }
+      if (nflip % 2) {
+        int imin = 0;
+        float min = weight[8 * k] * xb[8 * k] * xb[8 * k];
+        for (int i = 1; i < 8; ++i) {
+          const float ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+          if (ax < min) {
+            min = ax;
+            imin = i;
+          }
+        }
+        xval[8 * k + imin] = -xval[8 * k + imin];
+        sbits = uint8_t(sbits ^ 1 << imin);
+      }
+      block_signs[k] = sbits & 127;
+    }
+    float max = xval[0];
+    for (int i = 1; i < 32; ++i) max = std::max(max, xval[i]);
+    if (max < kGroupMaxEps) {
+      scales[ib] = 0;
+      continue;  // grid index 0, signs 0, scale 0
+    }
+    // The scale sweep: levels by rounding, off-grid points to their best neighbour, the least-squares
+    // scale of the result; keep the best.
+    float best = 0, scale = max / (2 * kMaxQ - 1);
+    bool on_grid[8], on_grid_aux[8];
+    std::fill(on_grid, on_grid + 8, true);
+    for (int is = -15; is <= 15; ++is) {
+      const float id = (2 * kMaxQ - 1 + float(is) * 0.2f) / max;
+      const float this_scale = 1 / id;
+      for (int k = 0; k < 8; ++k) {
+        int u = 0;
+        for (int i = 0; i < 4; ++i) {
+          Laux[4 * k + i] = int8_t(std::clamp(nearest_int(0.5f * (id * xval[4 * k + i] - 1)), 0, kMaxQ - 1));
+          u |= Laux[4 * k + i] << 3 * i;
+        }
+        on_grid_aux[k] = g.map[u] >= 0;
+        if (!on_grid_aux[k]) iq3_best_neighbour(g, u, xval + 4 * k, waux + 4 * k, this_scale, Laux + 4 * k);
+      }
+      float sumqx = 0, sumq2 = 0;
+      for (int i = 0; i < 32; ++i) {
+        const float q = float(2 * Laux[i] + 1);
+        sumqx += weight[i] * xval[i] * q;
+        sumq2 += weight[i] * q * q;
+      }
+      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+        scale = sumqx / sumq2;
+        best = scale * sumqx;
+        std::copy(Laux, Laux + 32, L);
+        std::copy(on_grid_aux, on_grid_aux + 8, on_grid);
+      }
+    }
+    // Points still off the grid: again at the final scale, then refit the scale.
+    if (std::count(on_grid, on_grid + 8, false) > 0 && scale > 0) {
+      const float id = 1 / scale;
+      for (int k = 0; k < 8; ++k) {
+        if (on_grid[k]) continue;
+        int u = 0;
+        for (int i = 0; i < 4; ++i)
+          u |= std::clamp(nearest_int(0.5f * (id * xval[4 * k + i] - 1)), 0, kMaxQ - 1) << 3 * i;
+        const int index = g.map[u] >= 0 ? g.map[u] : iq3_best_neighbour(g, u, xval + 4 * k, waux + 4 * k, scale, L + 4 * k);
+        for (int i = 0; i < 4; ++i) L[4 * k + i] = int8_t(g.levels[index][i]);
+      }
+      float sumqx = 0, sumq2 = 0;
+      for (int i = 0; i < 32; ++i) {
+        const float q = float(2 * L[i] + 1);
+        sumqx += weight[i] * xval[i] * q;
+        sumq2 += weight[i] * q * q;
+      }
+      if (sumq2 > 0) scale = sumqx / sumq2;
+    }
+    if (scale < 0) {  // cannot happen with these weights; kept as llama.cpp has it
+      scale = -scale;
+      for (uint8_t& sb : block_signs) sb = uint8_t(~sb & 127);
+    }
+    for (int k = 0; k < 8; ++k) {
+      int u = 0;
+      for (int i = 0; i < 4; ++i) u |= L[4 * k + i] << 3 * i;
+      FM_CHECK(g.map[u] >= 0, "IQ3_XXS point {} is not on the grid", u);
+      b.qs[8 * ib + k] = uint8_t(g.map[u]);
+    }
+    signs_and_scales[ib] = uint32_t(block_signs[0]) | uint32_t(block_signs[1]) << 7 |
+                           uint32_t(block_signs[2]) << 14 | uint32_t(block_signs[3]) << 21;
+    scales[ib] = scale;
+    max_scale = std::max(max_scale, scale);
+  }
+  if (max_scale == 0) {
+    std::memset(&b, 0, sizeof(b));
+    return;
+  }
+  const float d = max_scale / 31;
+  b.d = f32_to_f16(d * 1.0125f);  // llama.cpp's fudge factor
+  const float id = 1 / d;
+  for (int ib = 0; ib < 8; ++ib) {
+    const int l = std::clamp(nearest_int(0.5f * (id * scales[ib] - 1)), 0, 15);
+    const uint32_t word = signs_and_scales[ib] | uint32_t(l) << 28;
+    std::memcpy(b.scales_and_signs + 4 * ib, &word, 4);
+  }
+}
+
 template <class Q>
 concept Quantizable = requires(const float* x, typename Q::Block& b) {
   quantize_block(x, b);
@@ -543,6 +747,51 @@ void dequantize_mlx_row(const uint32_t* packed, const uint16_t* scales_bf16, con
       uint64_t v = packed[word] >> shift;
       if (shift + uint64_t(bits) > 32) v |= uint64_t(packed[word + 1]) << (32 - shift);
       out[j] = float(uint32_t(v) & mask) * scale + bias;
+    }
+  }
+}
+
+float mlx_group_param(const std::byte* params, DType scale_type, int64_t g) {
+  switch (scale_type) {
+    case DType::BF16: {
+      uint16_t h;
+      std::memcpy(&h, params + 2 * g, 2);
+      return bf16_to_f32(h);
+    }
+    case DType::F16: {
+      uint16_t h;
+      std::memcpy(&h, params + 2 * g, 2);
+      return f16_to_f32(h);
+    }
+    case DType::F32: {
+      float f;
+      std::memcpy(&f, params + 4 * g, 4);
+      return f;
+    }
+    default:
+      break;
+  }
+  FM_CHECK(false, "MLX scales of type {}", dtype_name(scale_type));
+}
+
+void dequantize_mlx_row(const std::byte* packed, const std::byte* scales, const std::byte* biases,
+                        DType scale_type, int bits, int group_size, int64_t n, float* out) {
+  FM_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 6 || bits == 8, "MLX quantization with {} bits",
+           bits);
+  FM_CHECK(group_size == 32 || group_size == 64 || group_size == 128, "MLX group size {}", group_size);
+  FM_CHECK(n >= 0 && n % group_size == 0, "{} values are not whole MLX groups of {}", n, group_size);
+  // The uint32 words are little-endian, so the bit stream is the same read byte by byte: value j
+  // has its low bit at bit (j * bits) % 8 of byte (j * bits) / 8 and spans at most two bytes.
+  const auto* p = reinterpret_cast<const uint8_t*>(packed);
+  const uint32_t mask = (1u << bits) - 1;
+  for (int64_t g = 0; g < n / group_size; ++g) {
+    const float scale = mlx_group_param(scales, scale_type, g), bias = mlx_group_param(biases, scale_type, g);
+    for (int64_t j = g * group_size; j < (g + 1) * group_size; ++j) {
+      const uint64_t bit = uint64_t(j) * uint64_t(bits);
+      const uint64_t byte = bit / 8, shift = bit % 8;
+      uint32_t v = uint32_t(p[byte]) >> shift;
+      if (shift + uint64_t(bits) > 8) v |= uint32_t(p[byte + 1]) << (8 - shift);
+      out[j] = float(v & mask) * scale + bias;
     }
   }
 }

@@ -22,7 +22,7 @@ void dequantize_row(DType t, const std::byte* src, int64_t n, float* out);
 // dst (dtype_row_bytes(t, n) bytes) = the n floats of src stored as t.
 //  - Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16, BF16: gguf-py's quantizers (gguf.quants.quantize), bit for
 //    bit, for finite inputs.
-//  - Q4_K, Q5_K, Q6_K, IQ4_XS: llama.cpp's reference quantizers (quantize_row_*_ref, no importance
+//  - Q4_K, Q5_K, Q6_K, IQ4_XS, IQ3_XXS: llama.cpp's reference quantizers (quantize_row_*_ref, no importance
 //    matrix); gguf-py has none for these.
 //  - F32: a copy.
 // Throws fm::Error for other types.
@@ -38,5 +38,13 @@ void quantize_row(DType t, const float* src, int64_t n, std::byte* dst);
 // or 128; n a multiple of group_size.
 void dequantize_mlx_row(const uint32_t* packed, const uint16_t* scales_bf16, const uint16_t* biases_bf16,
                         int bits, int group_size, int64_t n, float* out);
+
+// The same over bytes at any alignment (a row of a mapped checkpoint), with scales and biases of
+// scale_type: BF16, F16 or F32 (mlx_lm stores them in the model's dtype).
+void dequantize_mlx_row(const std::byte* packed, const std::byte* scales, const std::byte* biases,
+                        DType scale_type, int bits, int group_size, int64_t n, float* out);
+
+// A scale or bias of an MLX group as float32.
+float mlx_group_param(const std::byte* params, DType scale_type, int64_t g);
 
 }  // namespace fm

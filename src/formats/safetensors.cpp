@@ -257,6 +257,17 @@ const TensorView& SafetensorsArchive::get(std::string_view name) const {
   return *t;
 }
 
+bool SafetensorsArchive::locate(const std::byte* p, std::string* path, uint64_t* offset) const {
+  for (const auto& f : files_) {
+    if (f->data() && p >= f->data() && p < f->data() + f->size()) {
+      *path = f->path();
+      *offset = uint64_t(p - f->data());
+      return true;
+    }
+  }
+  return false;
+}
+
 uint64_t SafetensorsArchive::total_bytes() const {
   uint64_t total = 0;
   for (const auto& [name, t] : tensors_) total += t.nbytes;

@@ -29,6 +29,7 @@ class SafetensorsArchive final : public TensorSource {
   const TensorView& get(std::string_view name) const;
   const std::map<std::string, TensorView, std::less<>>& tensors() const { return tensors_; }
   const std::string& source() const override { return source_; }
+  bool locate(const std::byte* p, std::string* path, uint64_t* offset) const override;
   uint64_t total_bytes() const;
 
  private:

@@ -36,6 +36,9 @@ class TensorSource {
   virtual ~TensorSource() = default;
   virtual const TensorView* find(std::string_view name) const = 0;
   virtual const std::string& source() const = 0;
+  // The file and byte offset a tensor's data pointer lies at, for readers that go to the file
+  // itself (the expert store) rather than through the mapping; false if `p` is in none of them.
+  virtual bool locate(const std::byte* p, std::string* path, uint64_t* offset) const = 0;
 };
 
 }  // namespace fm

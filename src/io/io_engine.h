@@ -11,9 +11,10 @@
 // With O_DIRECT the kernel needs offsets, lengths and buffer addresses aligned to the device's
 // logical block size; the engine reads the aligned range that encloses each requested range, so the
 // destination must hold padded_size() bytes and the data starts at dst + head(offset). In page-cache
-// mode the same layout is used (no copy either way), and the pages read are dropped from the page
-// cache afterwards (posix_fadvise DONTNEED) unless keep_page_cache is set, so that reading experts
-// does not grow the page cache against a memory limit.
+// mode the same layout is used (no copy either way) but only the requested bytes are read; the files
+// are opened without readahead (POSIX_FADV_RANDOM), and the pages read are dropped from the page
+// cache afterwards (posix_fadvise DONTNEED over whole pages) unless keep_page_cache is set, so that
+// reading experts does not grow the page cache against a memory limit.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -28,9 +29,10 @@ enum class Backend { Pread, Uring };
 enum class Priority { Demand, Prefetch };
 
 struct IoOptions {
-  int threads = 4;        // I/O threads (pread) or submission depth per ring (io_uring)
-  int split = 1;          // each range is read as `split` pieces of about equal, aligned size
-  bool direct = false;    // O_DIRECT: no page cache
+  int threads = 4;               // pread: I/O threads. io_uring: one submission thread whose ring keeps up
+                                 // to threads * split reads in flight
+  int split = 1;                 // each range is read as `split` pieces of about equal, aligned size
+  bool direct = false;           // O_DIRECT: no page cache
   bool keep_page_cache = false;  // page-cache mode only: do not drop what was read
   Backend backend = Backend::Pread;
 };
@@ -61,9 +63,11 @@ struct ReadRange {
 using JobId = uint64_t;
 
 // What a fault injector may do to one read piece: nothing, fail with an errno, or return fewer bytes.
+// The injector is called on an I/O thread just before the piece is read (it may block, to hold the
+// engine still in tests); PieceInfo is the piece as issued (aligned with O_DIRECT).
 struct Fault {
-  int error = 0;            // errno to report instead of reading (0: none)
-  int64_t short_by = 0;     // bytes to drop from the end of the piece (0: none)
+  int error = 0;         // errno to report instead of reading (0: none)
+  int64_t short_by = 0;  // bytes to drop from the end of the piece (0: none)
 };
 struct PieceInfo {
   const std::string& path;
@@ -73,18 +77,18 @@ struct PieceInfo {
 using FaultInjector = std::function<Fault(const PieceInfo&)>;
 
 struct IoStats {
-  uint64_t bytes_read = 0;     // bytes requested by completed jobs (not counting alignment padding)
-  uint64_t bytes_device = 0;   // bytes actually read, padding included
+  uint64_t bytes_read = 0;    // bytes requested by completed jobs (not counting alignment padding)
+  uint64_t bytes_device = 0;  // bytes actually read, padding included
   uint64_t jobs_done = 0;
   uint64_t jobs_failed = 0;
   uint64_t jobs_cancelled = 0;
-  double wait_seconds = 0;     // time callers spent blocked in wait()
+  double wait_seconds = 0;  // time callers spent blocked in wait()
 };
 
 class IoEngine {
  public:
   explicit IoEngine(const IoOptions& options);
-  ~IoEngine();  // cancels what is queued, waits for what runs
+  ~IoEngine();  // cancels what is queued, waits for the pieces in flight; no thread may be in wait()
   IoEngine(const IoEngine&) = delete;
   IoEngine& operator=(const IoEngine&) = delete;
 
@@ -96,21 +100,29 @@ class IoEngine {
   const std::string& file_path(int file) const;
   uint64_t file_size(int file) const;
 
-  // Queues a job; returns at once. Demand jobs go before every queued prefetch.
+  // Every call below that takes a JobId needs a job that was submitted and neither waited for nor
+  // cancelled yet (an FM_CHECK failure otherwise). All of them may be called from any thread.
+
+  // Queues a job; returns at once. Demand jobs go before every queued prefetch; within a priority,
+  // first in, first out. The pieces of a job are read in parallel. An empty job is done at once.
   JobId submit(std::span<const ReadRange> ranges, Priority priority);
-  // Turns a queued prefetch into a demand read (it moves to the front); no-op once started.
+  // Turns a queued prefetch into a demand read: it joins the end of the demand queue, ahead of every
+  // prefetch. No-op once all its pieces have started, or for a demand job.
   void promote(JobId job);
-  // Cancels a job none of whose pieces has started; returns false when it is already running or
-  // done (then it must still be waited for or released by wait()/poll()).
+  // Cancels a job none of whose pieces has started and that no thread waits on; the job is then
+  // forgotten (do not wait for it). Returns false when it has started, is done, or is waited on:
+  // then it must still be waited for.
   bool cancel(JobId job);
-  // Blocks until the job is done. Throws fm::Error (file, offset, errno text or "short read: got N
-  // of M bytes") if any piece failed; the job is forgotten either way. Waiting on a cancelled or
-  // unknown job is an FM_CHECK failure.
+  // Blocks until the job is done (a queued prefetch is promoted first: someone needs it now). Throws
+  // fm::Error if any piece failed, starting with the file's path and naming the offset and the errno
+  // text or "short read: got N of M bytes"; the job is forgotten either way, and its buffers are no
+  // longer written. One waiter per job.
   void wait(JobId job);
   // True if the job is done (successfully or not); does not forget it.
   bool done(JobId job) const;
 
   void set_fault_injector(FaultInjector injector);  // tests only; empty to clear
+  // Counters since construction. bytes_device counts failed jobs' bytes too.
   IoStats stats() const;
 
  private:
@@ -119,8 +131,10 @@ class IoEngine {
 };
 
 // Reads `count` ranges of `read_size` bytes at random aligned offsets of `path` with the given
-// options (threads, split, direct; the file's pages are dropped from the page cache first) and
-// returns bytes per second: the disk floor for that access pattern.
-double measure_read_bandwidth(const std::string& path, uint64_t read_size, int count, const IoOptions& options);
+// options (threads, split, direct; the file's pages are dropped from the page cache first), keeping
+// options.threads reads in flight, and returns bytes per second: the disk floor for that access
+// pattern. The offsets differ from call to call.
+double measure_read_bandwidth(const std::string& path, uint64_t read_size, int count,
+                              const IoOptions& options);
 
 }  // namespace fm::io

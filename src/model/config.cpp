@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/dtype.h"
 #include "util/error.h"
 
 namespace fm {
@@ -231,6 +232,57 @@ void read_qwen3(const Reader& r, ModelConfig& c) {
   if (any_dense) c.intermediate_size = r.req_pos("intermediate_size");
 }
 
+// MLX's quantization entry: "quantization" (mlx_lm), or "quantization_config" where it holds MLX's
+// keys (mlx_lm writes both; "quantization_config" of other tools names a quant_method flashmoe does
+// not read).
+void read_mlx_quantization(const json& root, const json* text, ModelConfig& c) {
+  const std::string& src = c.source;
+  const json* q = nullptr;
+  std::string key;
+  for (const json* obj : {&root, text}) {
+    if (!obj || q) continue;
+    const std::string prefix = obj == &root ? "" : "text_config.";
+    if (auto it = obj->find("quantization"); it != obj->end() && !it->is_null()) {
+      q = &*it;
+      key = prefix + "quantization";
+    } else if (auto jt = obj->find("quantization_config"); jt != obj->end() && !jt->is_null()) {
+      if (jt->is_object() && jt->contains("quant_method"))
+        fail("{}: config key '{}quantization_config' has quant_method {}: only MLX quantization (or none) is "
+             "supported for safetensors checkpoints",
+             src, prefix, (*jt)["quant_method"].dump());
+      q = &*jt;
+      key = prefix + "quantization_config";
+    }
+  }
+  if (!q) return;
+  if (!q->is_object()) fail("{}: config key '{}' must be an object", src, key);
+  auto params = [&](const json& obj, const std::string& name, const MlxQuantization::Params* fallback) {
+    const Reader r(obj, name + ".", src);
+    MlxQuantization::Params p;
+    p.bits = fallback && !r.has("bits") ? fallback->bits : r.req_int("bits");
+    p.group_size = fallback && !r.has("group_size") ? fallback->group_size : r.req_int("group_size");
+    if (const json* mode = r.find("mode"); mode && !(mode->is_string() && mode->get<std::string>() == "affine"))
+      fail("{}: config key '{}' is {}: only MLX's affine quantization is supported", src, r.name("mode"),
+           mode->dump());
+    if (!mlx_dtype(p.bits))
+      fail("{}: config key '{}' is {}: MLX quantization with {} bits is not supported (2, 3, 4, 6 or 8)", src,
+           r.name("bits"), p.bits, p.bits);
+    if (p.group_size != 32 && p.group_size != 64 && p.group_size != 128)
+      fail("{}: config key '{}' is {}: MLX group size must be 32, 64 or 128", src, r.name("group_size"),
+           p.group_size);
+    return p;
+  };
+  MlxQuantization& m = c.mlx_quant;
+  m.present = true;
+  m.defaults = params(*q, key, nullptr);
+  for (const auto& [name, v] : q->items()) {
+    if (v.is_object())
+      m.per_module[name] = params(v, key + "." + name, &m.defaults);
+    else if (v.is_boolean())
+      m.per_module[name] = v.get<bool>() ? std::optional(m.defaults) : std::nullopt;
+  }
+}
+
 }  // namespace
 
 ModelConfig parse_config(const json& root, const std::string& source) {
@@ -293,6 +345,8 @@ ModelConfig parse_config(const json& root, const std::string& source) {
   if (any_moe && c.num_experts_per_tok > c.num_experts)
     fail("{}: {} ({}) must not exceed the number of experts ({})", source, r.name("num_experts_per_tok"),
          c.num_experts_per_tok, c.num_experts);
+
+  read_mlx_quantization(root, text == &root ? nullptr : text, c);
 
   if (const json* eos = r.find("eos_token_id"))
     c.eos_token_ids = parse_eos(*eos, r.name("eos_token_id"), source);

@@ -5,6 +5,8 @@
 // A missing or ill-typed key is an fm::Error naming the file and the key.
 #pragma once
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +15,26 @@
 namespace fm {
 
 enum class Arch { Qwen35Moe, Qwen3Moe };
+
+// MLX quantization as mlx_lm writes it in config.json: "quantization": {"group_size": 64, "bits": 4,
+// "mode": "affine", "<module path>": {"group_size": .., "bits": ..} or false, ...} (also copied to
+// "quantization_config"). A quantized Linear or Embedding X is stored as X.weight (uint32, packed),
+// X.scales and X.biases; which modules are quantized is told by the presence of X.scales.
+struct MlxQuantization {
+  struct Params {
+    int bits = 0;
+    int group_size = 0;
+  };
+  bool present = false;
+  Params defaults;
+  std::map<std::string, std::optional<Params>> per_module;  // nullopt: the module is not quantized
+
+  // The parameters for a module path ("model.layers.0.mlp.gate"): its entry, else the defaults.
+  std::optional<Params> params_for(const std::string& module) const {
+    if (auto it = per_module.find(module); it != per_module.end()) return it->second;
+    return defaults;
+  }
+};
 enum class LayerKind { LinearAttention, FullAttention };
 
 struct ModelConfig {
@@ -53,6 +75,7 @@ struct ModelConfig {
   int intermediate_size = 0;       // dense MLP layers (Qwen3-MoE mlp_only_layers)
 
   std::vector<int> eos_token_ids;
+  MlxQuantization mlx_quant;  // MLX-quantized checkpoints
   std::string source;  // the config file, for messages
 
   int linear_conv_dim() const { return 2 * linear_num_k_heads * linear_k_head_dim + linear_num_v_heads * linear_v_head_dim; }

@@ -14,6 +14,13 @@ class GgufTensors final : public TensorSource {
     return t ? &t->view : nullptr;
   }
   const std::string& source() const override { return file_.path(); }
+  bool locate(const std::byte* p, std::string* path, uint64_t* offset) const override {
+    const MappedFile& m = file_.mapping();
+    if (!m.data() || p < m.data() || p >= m.data() + m.size()) return false;
+    *path = m.path();
+    *offset = uint64_t(p - m.data());
+    return true;
+  }
   const GgufFile& file() const { return file_; }
 
  private:

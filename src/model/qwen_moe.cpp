@@ -1,6 +1,7 @@
 #include "model/qwen_moe.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "util/error.h"
@@ -8,6 +9,8 @@
 namespace fm {
 
 namespace {
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
@@ -40,6 +43,7 @@ void route(const float* logits, int n_experts, int k, bool renormalise, int32_t*
 
 void SequenceState::reset() {
   n_past = 0;
+  failed = false;
   for (auto* group : {&k_cache, &v_cache, &conv_state, &recurrent_state})
     for (auto& buf : *group) std::fill(buf.begin(), buf.end(), 0.0f);
 }
@@ -58,6 +62,19 @@ Transformer::Transformer(const Model& model, Backend& backend, const Transformer
   const size_t inter = size_t(std::max({c.moe_intermediate_size, c.shared_expert_intermediate_size,
                                         c.intermediate_size}));
   const size_t k = size_t(std::max(top_k_, 1));
+  if (options_.stream_experts) {
+    store_ = std::make_unique<ExpertStore>(model_, options_.stream, top_k_);
+    last_used_.resize(size_t(c.num_layers));
+    lookahead_.resize(size_t(c.num_layers));
+    pred_xn_.resize(H);
+    pred_router_.resize(size_t(std::max(c.num_experts, 1)));
+    pred_ids_.resize(k);
+    pred_w_.resize(k);
+    used_.reserve(size_t(std::max(c.num_experts, 1)));
+    pending_.reserve(size_t(std::max(c.num_experts, 1)));
+    for (auto& v : last_used_) v.reserve(k);
+    for (auto& v : lookahead_) v.reserve(k);
+  }
   x_.resize(n * H);
   xn_.resize(n * H);
   y_.resize(n * H);
@@ -75,6 +92,7 @@ Transformer::Transformer(const Model& model, Backend& backend, const Transformer
   ffn_gate_.resize(n * inter);
   ffn_up_.resize(n * inter);
   ffn_out_.resize(n * H);
+  expert_out_.resize(n * k * H);
   shared_g_.resize(n);
   positions_.resize(n);
 }
@@ -108,12 +126,22 @@ void Transformer::forward(SequenceState& state, std::span<const int32_t> tokens,
   if (state.n_past + int64_t(tokens.size()) > options_.max_context)
     fail("context overflow: {} cached + {} new tokens exceed the context of {} (--ctx)", state.n_past,
          tokens.size(), options_.max_context);
+  if (state.failed)
+    fail("this sequence's state is incomplete after an earlier failure (an expert read failed mid-pass); "
+         "reset it and run the prompt again");
   const int64_t V = c.vocab_size;
   for (size_t done = 0; done < tokens.size();) {
     const int n = int(std::min<size_t>(tokens.size() - done, size_t(options_.max_batch)));
     const bool last_chunk = done + size_t(n) == tokens.size();
     float* out = all_logits ? logits + int64_t(done) * V : (last_chunk ? logits : nullptr);
-    forward_chunk(state, tokens.data() + done, n, out, all_logits);
+    try {
+      forward_chunk(state, tokens.data() + done, n, out, all_logits);
+    } catch (...) {
+      // Layers before the failure have updated their caches and recurrent states: the sequence
+      // cannot go on, but the transformer and the expert cache can.
+      state.failed = true;
+      throw;
+    }
     done += size_t(n);
   }
 }
@@ -128,14 +156,18 @@ void Transformer::forward_chunk(SequenceState& state, const int32_t* tokens, int
   be_.embed(w.embed, tokens, n, x_.data());
   weight_bytes_read_ += uint64_t(n) * w.embed.row_bytes;
   if (layer_observer) layer_observer(-1, x_.data(), n);
+  const double t_start = now_s();
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
+    const double t0 = now_s();
     be_.rms_norm(x_.data(), L.input_norm.data(), n, H, c.rms_norm_eps, xn_.data());
     if (L.kind == LayerKind::FullAttention)
       attention_block(l, state, n);
     else
       deltanet_block(l, state, n);
     for (size_t i = 0; i < size_t(n) * H; ++i) x_[i] += y_[i];
+    const double t1 = now_s();
+    times_.mixer += t1 - t0;
 
     be_.rms_norm(x_.data(), L.post_norm.data(), n, H, c.rms_norm_eps, xn_.data());
     if (L.is_moe)
@@ -143,16 +175,22 @@ void Transformer::forward_chunk(SequenceState& state, const int32_t* tokens, int
     else
       ffn(L.mlp, xn_.data(), n, c.intermediate_size, y_.data());
     for (size_t i = 0; i < size_t(n) * H; ++i) x_[i] += y_[i];
+    times_.moe += now_s() - t1;
     if (layer_observer) layer_observer(l, x_.data(), n);
   }
   state.n_past += n;
 
-  if (!logits) return;
-  // Only the rows whose logits are wanted go through the final norm and the LM head.
-  const int first = all_logits ? 0 : n - 1;
-  const int rows = n - first;
-  be_.rms_norm(x_.data() + int64_t(first) * H, w.final_norm.data(), rows, H, c.rms_norm_eps, xn_.data());
-  matmul(w.lm_head, xn_.data(), rows, logits);
+  if (logits) {
+    // Only the rows whose logits are wanted go through the final norm and the LM head.
+    const double t0 = now_s();
+    const int first = all_logits ? 0 : n - 1;
+    const int rows = n - first;
+    be_.rms_norm(x_.data() + int64_t(first) * H, w.final_norm.data(), rows, H, c.rms_norm_eps, xn_.data());
+    matmul(w.lm_head, xn_.data(), rows, logits);
+    times_.head += now_s() - t0;
+  }
+  times_.total += now_s() - t_start;
+  if (store_) times_.io_wait = store_->stats().wait_seconds;
 }
 
 // Gated softmax attention. Qwen3.5: q_proj emits [q_h | gate_h] per head, and the output is
@@ -250,25 +288,124 @@ void Transformer::moe_block(int layer, int n) {
     expert_count_[0] = 0;
   }
 
+  // The shared expert goes into y_ first; each routed expert's weighted output into its (token,
+  // slot) row of expert_out_, in whatever order the experts are computed (streaming computes them
+  // as their reads complete); then the rows are summed per token in ascending expert order. The
+  // result is the same to the bit whatever the order of computation.
   std::fill(y_.begin(), y_.begin() + int64_t(n) * H, 0.0f);
-  for (int e = 0; e < E; ++e) {
-    const int begin = expert_count_[size_t(e)], end = expert_count_[size_t(e) + 1];
-    if (begin == end) continue;
-    const int rows = end - begin;
-    for (int r = 0; r < rows; ++r) {
-      const int token = by_expert_[size_t(begin + r)] / k;
-      std::copy_n(xn_.data() + int64_t(token) * H, H, rows_.data() + int64_t(r) * H);
-    }
-    ffn(m.experts[size_t(e)], rows_.data(), rows, c.moe_intermediate_size, ffn_out_.data());
-    for (int r = 0; r < rows; ++r) {
-      const int slot = by_expert_[size_t(begin + r)];
-      const float weight = topk_w_[size_t(slot)];
-      float* dst = y_.data() + int64_t(slot / k) * H;
-      const float* src = ffn_out_.data() + int64_t(r) * H;
-      for (int i = 0; i < H; ++i) dst[i] += weight * src[i];
+  if (store_) {
+    routed_experts(layer, n);
+  } else {
+    shared_expert(layer, n);
+    for (int e = 0; e < E; ++e) {
+      if (expert_count_[size_t(e)] == expert_count_[size_t(e) + 1]) continue;
+      expert_ffn(m.experts[size_t(e)], e, n);
     }
   }
+  for (int i = 0; i < n * k; ++i) {
+    const int slot = by_expert_[size_t(i)];
+    float* dst = y_.data() + int64_t(slot / k) * H;
+    const float* src = expert_out_.data() + int64_t(slot) * H;
+    for (int j = 0; j < H; ++j) dst[j] += src[j];
+  }
+}
 
+// The tokens routed to expert e (grouped by moe_block) through its FFN, weighted into y_.
+void Transformer::expert_ffn(const FfnWeights& weights, int e, int n) {
+  const ModelConfig& c = model_.config;
+  const int H = c.hidden_size, k = top_k_;
+  const int begin = expert_count_[size_t(e)], end = expert_count_[size_t(e) + 1];
+  const int rows = end - begin;
+  for (int r = 0; r < rows; ++r) {
+    const int token = by_expert_[size_t(begin + r)] / k;
+    std::copy_n(xn_.data() + int64_t(token) * H, H, rows_.data() + int64_t(r) * H);
+  }
+  ffn(weights, rows_.data(), rows, c.moe_intermediate_size, ffn_out_.data());
+  for (int r = 0; r < rows; ++r) {
+    const int slot = by_expert_[size_t(begin + r)];
+    const float weight = topk_w_[size_t(slot)];
+    float* dst = expert_out_.data() + int64_t(slot) * H;
+    const float* src = ffn_out_.data() + int64_t(r) * H;
+    for (int i = 0; i < H; ++i) dst[i] = weight * src[i];
+  }
+}
+
+// Streaming: the layer's experts are demanded from the store at once; while they are read, the
+// shared expert runs and the next layer's experts are predicted and prefetched; then each expert is
+// computed as soon as its read is done (any ready one first).
+void Transformer::routed_experts(int layer, int n) {
+  const int E = model_.config.num_experts;
+  used_.clear();
+  for (int e = 0; e < E; ++e)
+    if (expert_count_[size_t(e)] != expert_count_[size_t(e) + 1]) used_.push_back(e);
+  store_->demand(layer, used_);
+  if (n == 1) {
+    // Score the predictions made for this layer, then predict the next one.
+    if (!last_used_[size_t(layer)].empty()) score(last_used_[size_t(layer)], used_, temporal_stats_);
+    if (!lookahead_[size_t(layer)].empty()) score(lookahead_[size_t(layer)], used_, lookahead_stats_);
+    lookahead_[size_t(layer)].clear();
+    last_used_[size_t(layer)] = used_;
+    predict_next_layer(layer);
+  }
+  shared_expert(layer, n);
+
+  // A ready expert first, else one being read; one not yet read (more experts than the cache has
+  // slots, in prefill) only when nothing else is left. Each computed expert frees its slot for the
+  // reads still to start.
+  pending_ = used_;
+  while (!pending_.empty()) {
+    size_t pick = pending_.size();
+    for (size_t i = 0; i < pending_.size() && pick == pending_.size(); ++i)
+      if (store_->ready(layer, pending_[i])) pick = i;
+    for (size_t i = 0; i < pending_.size() && pick == pending_.size(); ++i)
+      if (store_->cached(layer, pending_[i])) pick = i;
+    if (pick == pending_.size()) pick = 0;
+    const int e = pending_[pick];
+    pending_.erase(pending_.begin() + int64_t(pick));
+    const FfnWeights w = store_->acquire(layer, e);
+    expert_ffn(w, e, n);
+    store_->release(layer, e);
+    if (pending_.size() + 1 > size_t(store_->slots())) store_->demand(layer, pending_);
+  }
+}
+
+// The next MoE layer's experts as its router would pick them from the current residual stream
+// (look-ahead), and as it picked them for the previous token (temporal); prefetched when enabled.
+void Transformer::predict_next_layer(int layer) {
+  const ModelConfig& c = model_.config;
+  int next = layer + 1;
+  while (next < c.num_layers && !model_.weights.layers[size_t(next)].is_moe) ++next;
+  if (next >= c.num_layers) return;
+  const LayerWeights& L = model_.weights.layers[size_t(next)];
+  const int H = c.hidden_size, k = top_k_;
+  // x_ holds h = x + mixer(x) of this layer: the residual stream the next layer builds on.
+  be_.rms_norm(x_.data(), L.post_norm.data(), 1, H, c.rms_norm_eps, pred_xn_.data());
+  be_.matmul(L.moe.router, pred_xn_.data(), 1, pred_router_.data());
+  route(pred_router_.data(), c.num_experts, k, c.norm_topk_prob, pred_ids_.data(), pred_w_.data());
+  std::vector<int32_t>& la = lookahead_[size_t(next)];
+  la.assign(pred_ids_.begin(), pred_ids_.end());
+  std::sort(la.begin(), la.end());
+  if (options_.predict_lookahead) store_->prefetch(next, la);
+  if (options_.predict_temporal && !last_used_[size_t(next)].empty()) store_->prefetch(next, last_used_[size_t(next)]);
+}
+
+void Transformer::score(std::span<const int32_t> predicted, std::span<const int32_t> used, PredictorStats& stats) const {
+  // Both sorted ascending.
+  uint64_t hit = 0;
+  for (size_t i = 0, j = 0; i < predicted.size() && j < used.size();) {
+    if (predicted[i] == used[j]) ++hit, ++i, ++j;
+    else if (predicted[i] < used[j]) ++i;
+    else ++j;
+  }
+  stats.predicted += predicted.size();
+  stats.used += used.size();
+  stats.correct += hit;
+}
+
+void Transformer::shared_expert(int layer, int n) {
+  const ModelConfig& c = model_.config;
+  const MoeWeights& m = model_.weights.layers[size_t(layer)].moe;
+  const int H = c.hidden_size;
   if (m.has_shared) {
     ffn(m.shared, xn_.data(), n, c.shared_expert_intermediate_size, ffn_out_.data());
     matmul(m.shared_gate, xn_.data(), n, shared_g_.data());

@@ -16,6 +16,7 @@
 
 #include "model/model.h"
 #include "ops/backend.h"
+#include "stream/expert_store.h"
 
 namespace fm {
 
@@ -23,10 +24,34 @@ struct TransformerOptions {
   int max_context = 4096;  // KV cache length per sequence
   int max_batch = 128;     // tokens per forward call; longer prompts go in chunks
   int experts_per_tok = 0;  // 0: the config's num_experts_per_tok
+  // Expert streaming: routed experts read from the files into a RAM cache instead of used in place.
+  bool stream_experts = false;
+  StreamOptions stream;
+  bool predict_temporal = true;   // prefetch the experts each layer used for the previous token
+  bool predict_lookahead = true;  // prefetch layer l+1's router applied to layer l's hidden state
+};
+
+// How well a predictor foresaw the experts a layer then used (decode steps only).
+struct PredictorStats {
+  uint64_t predicted = 0;  // experts predicted
+  uint64_t correct = 0;    // of which used
+  uint64_t used = 0;       // experts used where a prediction was made
+  double precision() const { return predicted ? double(correct) / double(predicted) : 0.0; }
+  double recall() const { return used ? double(correct) / double(used) : 0.0; }
+};
+
+// Where the time of the forward passes went, in seconds.
+struct PhaseTimes {
+  double mixer = 0;       // attention and DeltaNet blocks
+  double moe = 0;         // routed and shared experts, I/O waits included
+  double io_wait = 0;     // blocked on expert reads (part of moe)
+  double head = 0;        // final norm and LM head
+  double total = 0;
 };
 
 struct SequenceState {
   int n_past = 0;
+  bool failed = false;  // a forward pass failed midway (an expert read): reset() before reuse
   std::vector<std::vector<float>> k_cache;          // per layer: [max_context][n_kv * head_dim] (full attention)
   std::vector<std::vector<float>> v_cache;          // per layer: idem
   std::vector<std::vector<float>> conv_state;       // per layer: [kernel - 1][conv_dim] (linear attention)
@@ -55,6 +80,11 @@ class Transformer {
   // for dumps and layer-by-layer comparisons with a reference. Empty by default.
   std::function<void(int layer, const float* x, int n)> layer_observer;
 
+  ExpertStore* expert_store() { return store_.get(); }
+  const PredictorStats& temporal_stats() const { return temporal_stats_; }
+  const PredictorStats& lookahead_stats() const { return lookahead_stats_; }
+  const PhaseTimes& phase_times() const { return times_; }
+
  private:
   void matmul(const Mat& w, const float* x, int n, float* y);
   void forward_chunk(SequenceState& state, const int32_t* tokens, int n, float* logits, bool all_logits);
@@ -62,6 +92,11 @@ class Transformer {
   void deltanet_block(int layer, SequenceState& state, int n);
   void moe_block(int layer, int n);
   void ffn(const FfnWeights& w, const float* x, int n, int inter, float* out);
+  void routed_experts(int layer, int n);
+  void expert_ffn(const FfnWeights& weights, int e, int n);
+  void shared_expert(int layer, int n);
+  void predict_next_layer(int layer);
+  void score(std::span<const int32_t> predicted, std::span<const int32_t> used, PredictorStats& stats) const;
 
   const Model& model_;
   Backend& be_;
@@ -87,8 +122,21 @@ class Transformer {
   std::vector<float> ffn_gate_;  // [n][max I]
   std::vector<float> ffn_up_;    // [n][max I]
   std::vector<float> ffn_out_;   // [n][H]
+  std::vector<float> expert_out_;  // [n][k][H]: each routed expert's weighted output
   std::vector<float> shared_g_;  // [n]
   std::vector<int32_t> positions_;  // [n]
+
+  std::unique_ptr<ExpertStore> store_;
+  std::vector<int32_t> used_;       // distinct experts of the current layer
+  std::vector<int32_t> pending_;    // of which not yet computed
+  std::vector<std::vector<int32_t>> last_used_;   // [layer]: experts of the previous decode step
+  std::vector<std::vector<int32_t>> lookahead_;   // [layer]: look-ahead prediction for this step
+  std::vector<float> pred_xn_;      // [H]
+  std::vector<float> pred_router_;  // [E]
+  std::vector<int32_t> pred_ids_;   // [k]
+  std::vector<float> pred_w_;       // [k]
+  PredictorStats temporal_stats_, lookahead_stats_;
+  PhaseTimes times_;
 };
 
 }  // namespace fm

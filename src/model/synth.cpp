@@ -5,10 +5,18 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "convert/convert.h"
+#include "formats/gguf_writer.h"
+#include "formats/quant.h"
 #include "formats/safetensors_writer.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_gguf.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -79,15 +87,10 @@ std::vector<std::string> synth_presets() {
   return names;
 }
 
-uint64_t write_synthetic_model(const std::filesystem::path& dir, const SynthOptions& o) {
-  const Preset& p = find_preset(o.like);
-  if (!is_float_weight(o.dtype)) fail("synth: --dtype must be f32, f16 or bf16");
-  const int L = o.layers > 0 ? o.layers : p.layers;
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) fail("{}: cannot create folder: {}", dir.string(), ec.message());
+namespace {
 
-  nlohmann::ordered_json cfg = {
+nlohmann::ordered_json synth_config(const Preset& p, int L, uint64_t seed) {
+  return {
       {"architectures", {"Qwen3_5MoeForCausalLM"}}, {"model_type", "qwen3_5_moe_text"},
       {"vocab_size", kVocab}, {"hidden_size", p.hidden}, {"num_hidden_layers", L},
       {"num_attention_heads", p.heads}, {"num_key_value_heads", p.kv_heads}, {"head_dim", kHeadDim},
@@ -97,8 +100,11 @@ uint64_t write_synthetic_model(const std::filesystem::path& dir, const SynthOpti
       {"shared_expert_intermediate_size", p.shared_inter}, {"rms_norm_eps", 1e-6}, {"tie_word_embeddings", false},
       {"max_position_embeddings", 262144}, {"full_attention_interval", 4},
       {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 1e7}, {"partial_rotary_factor", 0.25}}},
-      {"synthetic", {{"like", p.name}, {"seed", o.seed}}}};
+      {"synthetic", {{"like", p.name}, {"seed", seed}}}};
+}
 
+// The tensors of the checkpoint in Hugging Face's names, experts fused as transformers stores them.
+std::vector<Spec> synth_specs(const Preset& p, int L) {
   const int64_t H = p.hidden, V = kVocab, E = p.experts, I = p.moe_inter, Is = p.shared_inter;
   const int64_t nv = p.lin_v_heads, conv_dim = 2 * int64_t(p.lin_k_heads) * kLinDim + nv * kLinDim;
   auto lin = [](int64_t in) { return float(1.0 / std::sqrt(double(in))); };
@@ -139,6 +145,20 @@ uint64_t write_synthetic_model(const std::filesystem::path& dir, const SynthOpti
   }
   add("model.norm.weight", {H}, 0.1f, 0.0f, true);
   add("lm_head.weight", {V, H}, lin(H));
+  return specs;
+}
+
+}  // namespace
+
+uint64_t write_synthetic_model(const std::filesystem::path& dir, const SynthOptions& o) {
+  const Preset& p = find_preset(o.like);
+  if (!is_float_weight(o.dtype)) fail("synth: --dtype must be f32, f16 or bf16");
+  const int L = o.layers > 0 ? o.layers : p.layers;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) fail("{}: cannot create folder: {}", dir.string(), ec.message());
+  const nlohmann::ordered_json cfg = synth_config(p, L, o.seed);
+  const std::vector<Spec> specs = synth_specs(p, L);
 
   SafetensorsWriter out(dir / "model.safetensors");
   for (const Spec& s : specs) out.declare(s.name, s.is_float32 ? DType::F32 : o.dtype, s.shape);
@@ -169,6 +189,145 @@ uint64_t write_synthetic_model(const std::filesystem::path& dir, const SynthOpti
     if (!f) fail("{}: write failed", cfg_path.string());
   }
   std::filesystem::rename(tmp, cfg_path);
+  return out.data_bytes();
+}
+
+}  // namespace fm
+
+namespace fm {
+
+namespace {
+
+// GGUF's conventions for the random values: zero-centred norms are stored as 1 + w, A_log as
+// -exp(A_log); everything else is as drawn.
+enum class Fold { None, PlusOne, NegExp };
+
+struct GgufSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  float scale, offset;
+  DType dtype;
+  Fold fold = Fold::None;
+};
+
+bool ends_with(const std::string& s, const char* suffix) {
+  const size_t n = std::strlen(suffix);
+  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+
+// The Hugging Face specs renamed and reshaped as llama.cpp's converter stores them, with each
+// tensor's type: F32 for vectors, the router and the DeltaNet gates (as llama.cpp keeps them);
+// where rows are not whole blocks, Q8_0 or F16 (as llama-quantize falls back).
+std::vector<GgufSpec> gguf_specs(const std::vector<Spec>& hf, const SynthOptions& o) {
+  std::vector<GgufSpec> out;
+  auto type_for = [](DType t, int64_t cols) {
+    if (cols % dtype_info(t).block == 0) return t;
+    return is_quantized(t) && cols % dtype_info(DType::Q8_0).block == 0 ? DType::Q8_0 : DType::F16;
+  };
+  for (const Spec& s : hf) {
+    if (ends_with(s.name, "mlp.experts.gate_up_proj") || ends_with(s.name, "mlp.experts.down_proj")) {
+      const std::string blk = "blk." + s.name.substr(13, s.name.find(".mlp.") - 13) + ".";
+      const int64_t E = s.shape[0], rows = s.shape[1], cols = s.shape[2];
+      const DType t = type_for(o.expert_dtype, cols);
+      if (ends_with(s.name, "gate_up_proj")) {
+        out.push_back(GgufSpec{blk + "ffn_gate_exps.weight", {E, rows / 2, cols}, s.scale, s.offset, t});
+        out.push_back(GgufSpec{blk + "ffn_up_exps.weight", {E, rows / 2, cols}, s.scale, s.offset, t});
+      } else {
+        out.push_back(GgufSpec{blk + "ffn_down_exps.weight", {E, rows, cols}, s.scale, s.offset, t});
+      }
+      continue;
+    }
+    GgufSpec g{gguf_tensor_name(s.name, Arch::Qwen35Moe), s.shape, s.scale, s.offset, DType::F32};
+    FM_CHECK(!g.name.empty(), "no GGUF name for {}", s.name);
+    if (ends_with(s.name, "conv1d.weight")) g.shape = {s.shape[0], s.shape[2]};
+    if (ends_with(s.name, "shared_expert_gate.weight")) g.shape = {s.shape[1]};
+    if (ends_with(s.name, "layernorm.weight") || ends_with(s.name, "q_norm.weight") ||
+        ends_with(s.name, "k_norm.weight") || s.name == "model.norm.weight")
+      g.fold = Fold::PlusOne;
+    if (ends_with(s.name, "A_log")) g.fold = Fold::NegExp;
+    const bool keep_f32 = g.shape.size() == 1 || ends_with(s.name, "mlp.gate.weight") ||
+                          ends_with(s.name, "in_proj_a.weight") || ends_with(s.name, "in_proj_b.weight") ||
+                          ends_with(s.name, "conv1d.weight");
+    if (!keep_f32) g.dtype = type_for(o.dtype, g.shape.back());
+    out.push_back(std::move(g));
+  }
+  return out;
+}
+
+class Xorshift {
+ public:
+  explicit Xorshift(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s_ ^= s_ << 13, s_ ^= s_ >> 7, s_ ^= s_ << 17;
+    return s_;
+  }
+  float uniform() { return float(int32_t(uint32_t(next() >> 32))) * (1.0f / 2147483648.0f); }  // [-1, 1)
+
+ private:
+  uint64_t s_;
+};
+
+}  // namespace
+
+uint64_t write_synthetic_gguf(const std::filesystem::path& file, const SynthOptions& o) {
+  const Preset& p = find_preset(o.like);
+  for (DType t : {o.dtype, o.expert_dtype})
+    if (!can_quantize(t)) fail("synth: type {} cannot be written", dtype_name(t));
+  const int L = o.layers > 0 ? o.layers : p.layers;
+  const nlohmann::ordered_json cfg = synth_config(p, L, o.seed);
+  const ModelConfig config = parse_config(nlohmann::json::parse(cfg.dump()), fmt::format("synthetic {}", p.name));
+  const std::vector<GgufSpec> specs = gguf_specs(synth_specs(p, L), o);
+
+  GgufWriter out(file);
+  write_gguf_model_metadata(out, config, o.dtype, fmt::format("synthetic {} (random weights, seed {})", p.name, o.seed));
+  // llama.cpp refuses a model without a vocabulary; any byte-level BPE one serves random weights.
+  if (!o.tokenizer.empty())
+    write_tokenizer_metadata(out, Tokenizer::load(o.tokenizer), TokenizerMetadataOptions{.vocab_size = kVocab});
+  for (const GgufSpec& s : specs) out.declare(s.name, s.dtype, s.shape);
+  out.begin_data();
+
+  constexpr int kPool = 61;  // rows drawn per tensor; a prime, so row r and r + E*rows differ
+  Xorshift rng(o.seed);
+  std::vector<float> row;
+  std::vector<std::byte> pool, chunk;
+  uint64_t done = 0;
+  int shown = -1;
+  for (const GgufSpec& s : specs) {
+    const int64_t cols = s.shape.back();
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < s.shape.size(); ++i) rows *= s.shape[i];
+    const uint64_t row_bytes = *dtype_row_bytes(s.dtype, uint64_t(cols));
+    const int64_t pool_rows = std::min<int64_t>(rows, kPool);
+    row.resize(size_t(cols));
+    pool.resize(size_t(row_bytes * uint64_t(pool_rows)));
+    for (int64_t r = 0; r < pool_rows; ++r) {
+      for (float& v : row) {
+        v = s.offset + s.scale * rng.uniform();
+        if (s.fold == Fold::PlusOne) v += 1.0f;
+        if (s.fold == Fold::NegExp) v = -std::exp(v);
+      }
+      quantize_row(s.dtype, row.data(), cols, pool.data() + uint64_t(r) * row_bytes);
+    }
+    // Rows cycle through the pool in a shuffled order, in chunks of about 4 MB.
+    const int64_t chunk_rows = std::max<int64_t>(1, int64_t((4u << 20) / row_bytes));
+    chunk.resize(size_t(row_bytes * uint64_t(std::min(rows, chunk_rows))));
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, rows - r0);
+      for (int64_t r = 0; r < n; ++r)
+        std::memcpy(chunk.data() + uint64_t(r) * row_bytes,
+                    pool.data() + uint64_t((r0 + r) * 7919 % pool_rows) * row_bytes, row_bytes);
+      out.append(chunk.data(), uint64_t(n) * row_bytes);
+      done += uint64_t(n) * row_bytes;
+      const int percent = int(100.0 * double(done) / double(out.data_bytes()));
+      if (percent != shown) {
+        shown = percent;
+        std::fprintf(stderr, "\rsynth: %.2f / %.2f GB (%d%%)", double(done) / 1e9, double(out.data_bytes()) / 1e9,
+                     percent);
+      }
+    }
+  }
+  std::fprintf(stderr, "\n");
+  out.finish();
   return out.data_bytes();
 }
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "formats/quant.h"
@@ -75,6 +76,7 @@ class Binder {
   }
 
   bool gguf() const { return gguf_; }
+  const std::string& source() const { return ts_.source(); }
   std::string layer_name(int layer, W w) const {
     if (!gguf_) return fmt::format("{}layers.{}.{}", prefix_, layer, kHfNames[size_t(w)]);
     // llama.cpp's qwen3moe calls the pre-FFN norm ffn_norm; qwen35moe calls it post_attention_norm.
@@ -85,6 +87,8 @@ class Binder {
   std::string expert_base(int layer) const {
     return gguf_ ? fmt::format("blk.{}.", layer) : fmt::format("{}layers.{}.mlp.experts.", prefix_, layer);
   }
+  // mlx_lm's stacked experts (SwitchGLU): mlp.switch_mlp.{gate,up,down}_proj.weight [E][rows][cols].
+  std::string switch_mlp_base(int layer) const { return fmt::format("{}layers.{}.mlp.switch_mlp.", prefix_, layer); }
 
   const TensorView* find(const std::string& name) const { return ts_.find(name); }
   const TensorView& get(const std::string& name) const {
@@ -109,12 +113,75 @@ class Binder {
 
   // A 2-D weight [rows][cols]; `bytes` counts it.
   Mat mat(const std::string& name, int64_t rows, int64_t cols, uint64_t* bytes) const {
-    const TensorView& t = get(name);
-    expect_shape(t, {rows, cols});
-    Mat m = mat_of(t, rows, cols);
-    *bytes += m.nbytes();
+    Mat m = whole(get(name), {rows, cols});
+    *bytes += stored_bytes(m);
     return m;
   }
+
+  // All rows of a weight of logical shape `shape` ([rows][cols], or [E][rows][cols] for stacked
+  // experts) as one Mat: stored as it is, or MLX-quantized (then `t` is NAME.weight, packed, with
+  // NAME.scales and NAME.biases beside it; the presence of NAME.scales tells which).
+  Mat whole(const TensorView& t, const std::vector<int64_t>& shape) const {
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+    const int64_t cols = shape.back();
+    if (!gguf_ && t.name.ends_with(".weight")) {
+      const std::string module = t.name.substr(0, t.name.size() - std::strlen(".weight"));
+      if (const TensorView* scales = find(module + ".scales")) return mlx_mat(t, *scales, module, shape, rows, cols);
+    }
+    expect_shape(t, shape);
+    return mat_of(t, rows, cols);
+  }
+
+  // An MLX-quantized weight: packed levels [..][cols * bits / 32] (uint32), scales and biases
+  // [..][cols / group] (BF16, F16 or F32), bits and group from config.json's quantization entry.
+  Mat mlx_mat(const TensorView& w, const TensorView& scales, const std::string& module,
+              const std::vector<int64_t>& shape, int64_t rows, int64_t cols) const {
+    const MlxQuantization& q = c_.mlx_quant;
+    if (!q.present)
+      fail("{}: tensor '{}' holds MLX quantization scales, but {} has no 'quantization' entry", scales.file,
+           scales.name, c_.source);
+    const std::optional<MlxQuantization::Params> p = q.params_for(module);
+    if (!p)
+      fail("{}: tensor '{}' holds MLX quantization scales, but {} lists '{}' as not quantized", scales.file,
+           scales.name, c_.source, module);
+    const TensorView* biases = find(module + ".biases");
+    if (!biases)
+      fail("{}: tensor '{}.biases' not found: MLX affine quantization stores scales and biases for '{}'",
+           scales.file, module, w.name);
+    if (w.dtype != DType::U32)
+      fail("{}: tensor '{}' has type {}, expected U32 (packed MLX levels, since '{}' exists)", w.file, w.name,
+           dtype_name(w.dtype), scales.name);
+    if (cols % p->group_size != 0)
+      fail("{}: tensor '{}': rows of {} values are not whole MLX groups of {}", w.file, w.name, cols,
+           p->group_size);
+    std::vector<int64_t> packed = shape, groups = shape;
+    packed.back() = cols * p->bits / 32;
+    groups.back() = cols / p->group_size;
+    if (w.shape != packed)
+      fail("{}: tensor '{}' has shape {}, expected {}: {} values packed at {} bits ({} quantization entry)", w.file,
+           w.name, shape_str(w.shape), shape_str(packed), shape_str(shape), p->bits, c_.source);
+    for (const TensorView* t : {&scales, biases}) {
+      if (t->dtype != DType::BF16 && t->dtype != DType::F16 && t->dtype != DType::F32)
+        fail("{}: tensor '{}' has type {}, expected BF16, F16 or F32 (MLX scales and biases)", t->file, t->name,
+             dtype_name(t->dtype));
+      if (t->shape != groups)
+        fail("{}: tensor '{}' has shape {}, expected {}: one per group of {} values of {} ({} quantization entry)",
+             t->file, t->name, shape_str(t->shape), shape_str(groups), p->group_size, shape_str(shape), c_.source);
+    }
+    if (biases->dtype != scales.dtype)
+      fail("{}: tensor '{}' has type {} but '{}' has type {}", biases->file, biases->name, dtype_name(biases->dtype),
+           scales.name, dtype_name(scales.dtype));
+    const DType type = *mlx_dtype(p->bits);
+    Mat m{type, rows, cols, w.data, *dtype_row_bytes(type, uint64_t(cols))};
+    m.mlx = MlxGroups{scales.data, biases->data,
+                      uint64_t(groups.back()) * uint64_t(dtype_info(scales.dtype).block_bytes), scales.dtype,
+                      p->group_size};
+    return m;
+  }
+
+  // Bytes a matrix occupies in the checkpoint: its values, and an MLX matrix's scales and biases.
+  static uint64_t stored_bytes(const Mat& m) { return m.nbytes() + 2 * uint64_t(m.rows) * m.mlx.row_bytes; }
 
   // A vector of n values as float32 (shape [n], or any shape of n elements listed in `alt`), plus `add`.
   std::vector<float> vec(const std::string& name, int64_t n, float add = 0.0f,
@@ -158,6 +225,8 @@ FfnWeights bind_ffn(const Binder& b, int layer, W gate, W up, W down, int64_t hi
 // Routed experts in any of the stored layouts:
 //   HF per expert:  experts.N.{gate,up,down}_proj.weight
 //   HF fused:       experts.gate_up_proj [E][2I][H] (gate rows first), experts.down_proj [E][H][I]
+//   MLX (mlx_lm):   switch_mlp.{gate,up}_proj.weight [E][I][H], switch_mlp.down_proj.weight [E][H][I],
+//                   each possibly MLX-quantized (per-expert tensors may be quantized too)
 //   GGUF:           ffn_{gate,up}_exps.weight [E][I][H] or ffn_gate_up_exps.weight [E][2I][H],
 //                   ffn_down_exps.weight [E][H][I]
 // Each expert's matrices are contiguous slices of the 3-D tensors.
@@ -176,12 +245,17 @@ std::vector<FfnWeights> bind_experts(const Binder& b, int layer, int64_t E, int6
   } else {
     for (const char* name : {"gate_up_proj", "gate_up_proj.weight"})
       if (!gate_up) gate_up = b.find(base + name);
+    const std::string sw = b.switch_mlp_base(layer);
     if (gate_up) {
       down = b.find(base + "down_proj");
       if (!down) down = &b.get(base + "down_proj.weight");
+    } else if ((gate = b.find(sw + "gate_proj.weight"))) {
+      up = &b.get(sw + "up_proj.weight");
+      down = &b.get(sw + "down_proj.weight");
     } else {
       if (!b.find(base + "0.gate_proj.weight"))
-        fail("tensor '{}0.gate_proj.weight' (or fused '{}gate_up_proj') not found", base, base);
+        fail("{}: tensor '{}0.gate_proj.weight' (or fused '{}gate_up_proj', or '{}gate_proj.weight') not found",
+             b.source(), base, base, sw);
       for (int64_t e = 0; e < E; ++e) {
         const std::string p = fmt::format("{}{}.", base, e);
         experts[size_t(e)] = FfnWeights{b.mat(p + "gate_proj.weight", I, H, bytes), b.mat(p + "up_proj.weight", I, H, bytes),
@@ -190,21 +264,22 @@ std::vector<FfnWeights> bind_experts(const Binder& b, int layer, int64_t E, int6
       return experts;
     }
   }
-  b.expect_shape(*down, {E, H, I});
-  *bytes += down->nbytes;
+  const Mat down_all = b.whole(*down, {E, H, I});
+  Mat gate_all, up_all;
   if (gate_up) {
-    b.expect_shape(*gate_up, {E, 2 * I, H});
-    *bytes += gate_up->nbytes;
+    gate_all = up_all = b.whole(*gate_up, {E, 2 * I, H});
+    *bytes += Binder::stored_bytes(gate_all);
   } else {
-    b.expect_shape(*gate, {E, I, H});
-    b.expect_shape(*up, {E, I, H});
-    *bytes += gate->nbytes + up->nbytes;
+    gate_all = b.whole(*gate, {E, I, H});
+    up_all = b.whole(*up, {E, I, H});
+    *bytes += Binder::stored_bytes(gate_all) + Binder::stored_bytes(up_all);
   }
+  *bytes += Binder::stored_bytes(down_all);
   for (int64_t e = 0; e < E; ++e) {
     FfnWeights& f = experts[size_t(e)];
-    f.gate = gate_up ? b.mat_of(*gate_up, I, H, e * 2 * I) : b.mat_of(*gate, I, H, e * I);
-    f.up = gate_up ? b.mat_of(*gate_up, I, H, e * 2 * I + I) : b.mat_of(*up, I, H, e * I);
-    f.down = b.mat_of(*down, H, I, e * H);
+    f.gate = gate_up ? gate_all.slice_rows(e * 2 * I, I) : gate_all.slice_rows(e * I, I);
+    f.up = gate_up ? up_all.slice_rows(e * 2 * I + I, I) : up_all.slice_rows(e * I, I);
+    f.down = down_all.slice_rows(e * H, H);
   }
   return experts;
 }
@@ -241,8 +316,18 @@ void for_each_matrix(const ModelWeights& w, const std::function<void(const Mat&)
 ModelWeights bind_weights(const ModelConfig& c, const TensorSource& tensors, WeightLayout layout) {
   const Binder b(c, tensors, layout);
   const int64_t H = c.hidden_size;
-  // Zero-centred norms are applied as (1 + w): GGUF stores 1 + w already.
-  const float norm_add = c.zero_centred_norm && !b.gguf() ? 1.0f : 0.0f;
+  // Zero-centred norms are applied as (1 + w): GGUF stores 1 + w already, and so do mlx_lm's Qwen3.5
+  // conversions, which are told apart by their conv taps: mlx_lm stores them [C][K][1] where
+  // transformers has [C][1][K], and adds the 1 to the norms in the same step (qwen3_5.py sanitize).
+  bool norms_hold_one = b.gguf();
+  for (int i = 0; i < c.num_layers && c.zero_centred_norm && !b.gguf(); ++i) {
+    if (c.layer_kinds[size_t(i)] != LayerKind::LinearAttention) continue;
+    const TensorView* conv = tensors.find(b.layer_name(i, W::LinConv));
+    norms_hold_one = conv && c.linear_conv_kernel > 1 &&
+                     conv->shape == std::vector<int64_t>{c.linear_conv_dim(), c.linear_conv_kernel, 1};
+    break;
+  }
+  const float norm_add = c.zero_centred_norm && !norms_hold_one ? 1.0f : 0.0f;
   ModelWeights w;
   uint64_t* dense = &w.dense_bytes;
 
@@ -253,9 +338,8 @@ ModelWeights bind_weights(const ModelConfig& c, const TensorSource& tensors, Wei
     if (!head && !b.gguf()) head = tensors.find(name);
   if (b.gguf()) head = tensors.find("output.weight");
   if (head) {  // GGUF omits output.weight when the embedding is tied
-    b.expect_shape(*head, {c.vocab_size, H});
-    w.lm_head = b.mat_of(*head, c.vocab_size, H);
-    *dense += w.lm_head.nbytes();
+    w.lm_head = b.whole(*head, {c.vocab_size, H});
+    *dense += Binder::stored_bytes(w.lm_head);
   } else if (c.tie_word_embeddings || b.gguf()) {
     w.lm_head = w.embed;
   } else {
@@ -289,8 +373,9 @@ ModelWeights bind_weights(const ModelConfig& c, const TensorSource& tensors, Wei
       d.b = b.mat(name(W::LinB), nv, H, dense);
       d.a = b.mat(name(W::LinA), nv, H, dense);
       d.out = b.mat(name(W::LinOut), H, nv * dv, dense);
-      const TensorView& conv = b.get(name(W::LinConv));  // HF [C][1][K], GGUF [C][K]
-      if (conv.shape != std::vector<int64_t>{conv_dim, 1, c.linear_conv_kernel})
+      const TensorView& conv = b.get(name(W::LinConv));  // HF [C][1][K], GGUF [C][K], MLX [C][K][1]
+      if (conv.shape != std::vector<int64_t>{conv_dim, 1, c.linear_conv_kernel} &&
+          conv.shape != std::vector<int64_t>{conv_dim, c.linear_conv_kernel, 1})
         b.expect_shape(conv, {conv_dim, c.linear_conv_kernel});
       d.conv = b.to_float(conv);
       d.dt_bias = b.vec(name(W::LinDtBias), nv);
@@ -311,15 +396,29 @@ ModelWeights bind_weights(const ModelConfig& c, const TensorSource& tensors, Wei
         m.shared = bind_ffn(b, i, W::SharedGate, W::SharedUp, W::SharedDown, H, c.shared_expert_intermediate_size,
                             dense);
         const TensorView& g = b.get(name(W::SharedExpertGate));  // HF [1][H], GGUF [H]
-        if (g.shape != std::vector<int64_t>{H}) b.expect_shape(g, {1, H});
-        m.shared_gate = b.mat_of(g, 1, H);
-        *dense += m.shared_gate.nbytes();
+        m.shared_gate = g.shape == std::vector<int64_t>{H} ? b.mat_of(g, 1, H) : b.whole(g, {1, H});
+        *dense += Binder::stored_bytes(m.shared_gate);
       }
     } else {
       L.mlp = bind_ffn(b, i, W::MlpGate, W::MlpUp, W::MlpDown, H, c.intermediate_size, dense);
     }
   }
   return w;
+}
+
+std::string gguf_tensor_name(const std::string& hf_name, Arch arch) {
+  if (hf_name == "model.embed_tokens.weight") return "token_embd.weight";
+  if (hf_name == "model.norm.weight") return "output_norm.weight";
+  if (hf_name == "lm_head.weight") return "output.weight";
+  int layer = -1, used = 0;
+  if (std::sscanf(hf_name.c_str(), "model.layers.%d.%n", &layer, &used) != 1 || used == 0) return "";
+  const std::string suffix = hf_name.substr(size_t(used));
+  for (size_t w = 0; w < size_t(W::kCount); ++w) {
+    if (suffix != kHfNames[w]) continue;
+    if (W(w) == W::PostNorm && arch == Arch::Qwen3Moe) return fmt::format("blk.{}.ffn_norm.weight", layer);
+    return fmt::format("blk.{}.{}", layer, kGgufNames[w]);
+  }
+  return "";
 }
 
 }  // namespace fm

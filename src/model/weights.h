@@ -78,6 +78,11 @@ enum class WeightLayout {
   Gguf,         // llama.cpp's names; norms store 1 + w; ssm_a = -exp(A_log); V heads tiled
 };
 
+// llama.cpp's GGUF name of a Hugging Face tensor ("model.layers.3.self_attn.q_proj.weight" ->
+// "blk.3.attn_q.weight"; the embedding, final norm and LM head too); "" for names with no single
+// counterpart (routed experts, which GGUF stacks as blk.N.ffn_{gate,up,down}_exps.weight).
+std::string gguf_tensor_name(const std::string& hf_name, Arch arch);
+
 // Binds every tensor the config calls for; an absent tensor or one whose dtype or shape disagrees
 // with the config is an fm::Error naming the file, the tensor and both shapes.
 ModelWeights bind_weights(const ModelConfig& config, const TensorSource& tensors, WeightLayout layout);

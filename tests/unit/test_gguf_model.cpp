@@ -1,13 +1,15 @@
 // Models through GGUF: each fixture converted by our converter, loaded from the GGUF file, and run
 // against the transformers reference. F32 (and BF16 for bf16 checkpoints, which is lossless) must
 // meet the foundation's tolerance (max |logit diff| <= 1e-3, identical greedy ids).
-// Q8_0 is checked twice. Exactness: the Q8_0 file and its dequantization to F32 (GGUF -> GGUF) give
-// the same greedy ids and logits up to float summation order, so the quantized kernels compute
-// exactly what the blocks hold.
+// Q8_0 is checked twice. Against its own dequantization to F32 (GGUF -> GGUF): the two differ only by
+// the 8-bit rounding of the activations that the quantized kernels apply (as llama.cpp's do), so
+// the quantized kernels compute what the blocks hold.
 // Quality: mean KL(reference || Q8_0) and top-1 agreement over the compared rows. These random-weight
 // models amplify weight noise (a perturbed router flips experts): rounding the f32 Qwen3.5 fixture to
-// BF16 alone costs KL 0.09 and 4% of top-1. Measured: Qwen3.5 fixtures KL 0.06-0.28, Qwen3-MoE
-// 0.0015-0.013; bounds 0.5 and 0.05.
+// BF16 alone costs KL 0.09 and 4% of top-1. Measured with float activations: Qwen3.5 fixtures KL
+// 0.06-0.28, Qwen3-MoE 0.0015-0.013; with 8-bit activations (the kernels since the integer dot
+// products): Qwen3.5 KL 0.09-0.48 and top-1 81-89%, Qwen3-MoE KL 0.0017-0.015 and top-1 97-98%.
+// Bounds 0.75 / 75% and 0.05 / 95%.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -114,13 +116,20 @@ TEST_P(GgufModel, Q8_0ComputesItsBlocksExactly) {
     dequantized.logits.shape = {r.logits_rows, model->config.vocab_size};
   }
   const Quality q = run_against_reference(q8, dequantized);
-  EXPECT_TRUE(q.same_greedy);
-  // The two differ only in float summation order, which these models amplify (the f32 Qwen3.5
-  // fixture's logits reach 47 and move by up to 7e-4 between float32 and float64 runs): the bound
-  // scales with the logits.
-  float biggest = 0.0f;
-  for (float v : dequantized.logits.data) biggest = std::max(biggest, std::abs(v));
-  EXPECT_LE(q.max_abs, 2e-4 * (1.0 + biggest));
+  std::printf("%s Q8_0 vs its F32 dequantization: mean KL %.2e, top-1 %.1f%%, max |diff| %.3f, greedy %s\n",
+              GetParam(), q.mean_kl, 100 * q.top1, q.max_abs, q.same_greedy ? "identical" : "differs");
+  // The quantized kernels round each activation block to 8 bits (step max|x| / 127, as llama.cpp's
+  // Q8_0 x Q8_0 dot does), so the two runs differ by that rounding, not by summation order alone;
+  // the integer sums themselves are exact (test_matmul_quant, ExactOnGridActivations, 1e-5). These
+  // random-weight models amplify it (see the header). Measured: Qwen3-MoE fixtures KL 5e-4 to 2.3e-3,
+  // top-1 98-99.6%, identical greedy ids; Qwen3.5 fixtures KL 0.03-0.42, top-1 84-95%. Bounds with
+  // margin: 0.01 / 95% / identical greedy, and 0.75 / 75%.
+  const bool qwen35 = std::string(GetParam()).starts_with("qwen35");
+  EXPECT_LE(q.mean_kl, qwen35 ? 0.75 : 0.01);
+  EXPECT_GE(q.top1, qwen35 ? 0.75 : 0.95);
+  if (!qwen35) {
+    EXPECT_TRUE(q.same_greedy);
+  }
 }
 
 TEST_P(GgufModel, Q8_0WithinKlBound) {
@@ -129,8 +138,8 @@ TEST_P(GgufModel, Q8_0WithinKlBound) {
   convert_to_gguf(ref.dir, out, ConvertOptions{.type = DType::Q8_0, .expert_type = {}, .rules = {}, .threads = 2});
   const Quality q = run_against_reference(out, ref);
   const bool qwen35 = std::string(GetParam()).starts_with("qwen35");
-  EXPECT_LE(q.mean_kl, qwen35 ? 0.5 : 0.05);
-  EXPECT_GE(q.top1, qwen35 ? 0.85 : 0.95);
+  EXPECT_LE(q.mean_kl, qwen35 ? 0.75 : 0.05);
+  EXPECT_GE(q.top1, qwen35 ? 0.75 : 0.95);
   std::printf("%s Q8_0 GGUF: mean KL %.2e, top-1 %.1f%%, max |diff| %.3f, greedy %s\n", GetParam(), q.mean_kl,
               100 * q.top1, q.max_abs, q.same_greedy ? "identical" : "differs");
 }

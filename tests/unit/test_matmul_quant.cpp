@@ -1,13 +1,24 @@
 // cpu::matmul over block-quantized weights, every format, both ISA paths, against dequantize_row
-// (bit-exact to gguf-py, see test_quant) and a double-precision dot product.
+// (bit-exact to gguf-py, see test_quant) and a double-precision dot product with the float
+// activations.
 //
-// Tolerance: |y - ref| <= 1e-4 * (1 + sum_c |w[r][c] * x[t][c]|). The kernels sum in float32 in an
-// order of their own (and the AVX2 path's decode may fuse a multiply-add), so the error grows with
-// the magnitude of the terms, not with the result, which cancellation can make tiny.
+// The kernels quantize the activations to 8 bits per block (ops/cpu/quant_act.h, as llama.cpp's CPU
+// backend does), so they compute the dot product with x rounded to a grid of step d = max|x_block| /
+// 127: each value moves by at most d / 2. Tolerance per output:
+//
+//   |y - ref| <= sum_blocks (max|x_block| / 254) * sum_block |w|  * (1 + 1e-5)     activation rounding
+//              + 1e-5 * (1 + sum_c |w[r][c] x[t][c]|)                               float sums and scales
+//
+// (blocks of 32 activations for the 32-value formats, 256 for the K- and i-quants). The first term
+// is the worst case; it is about 2^-7 * sum |w x| for these uniform activations. The scalar and AVX2
+// kernels compute the same integer sums from the same quantized activations (their quantizers give
+// identical bytes, checked below), so they must agree to float summation order:
+// |y_scalar - y_avx2| <= 4e-6 * (1 + sum |w x|).
 #include <gtest/gtest.h>
 
 #include "test_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -19,6 +30,7 @@
 #include "formats/quant.h"
 #include "formats/quant_blocks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cpu/matmul_quant.h"
 #include "util/half.h"
 
 namespace fm {
@@ -27,7 +39,8 @@ void PrintTo(DType t, std::ostream* os) { *os << dtype_name(t); }
 
 namespace {
 
-constexpr double kTolerance = 1e-4;
+constexpr double kFloatTolerance = 1e-5;
+constexpr double kIsaTolerance = 4e-6;
 
 // Random bytes with every scale field set to a finite value of moderate size, so that the block
 // holds ordinary weights rather than overflow.
@@ -84,8 +97,50 @@ QuantMat make_quant_mat(DType t, int64_t rows, int64_t cols, uint32_t seed, uint
   return m;
 }
 
-// The double-precision comparison of test_util.h, on this suite's matrices.
-void check_matmul(const QuantMat& m, int n, ThreadPool& pool) { test::check_matmul(m.mat, m.values, n, pool, kTolerance); }
+std::vector<float> random_tokens(int n, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (float& v : x) v = dist(rng);
+  return x;
+}
+
+// y = matmul on the path selected now; NaN first, so an unwritten output fails.
+std::vector<float> run_matmul(const Mat& w, const std::vector<float>& x, int n, ThreadPool& pool) {
+  std::vector<float> y(static_cast<size_t>(n * w.rows), std::numeric_limits<float>::quiet_NaN());
+  cpu::matmul(w, x.data(), n, y.data(), pool);
+  return y;
+}
+
+// The bound of the header, against the double-precision product of the dequantized weights.
+void check_matmul(const QuantMat& m, int n, ThreadPool& pool) {
+  const int64_t rows = m.mat.rows, cols = m.mat.cols;
+  const int act_block = dtype_info(m.mat.dtype).block == 32 ? 32 : 256;
+  const std::vector<float> x = random_tokens(n, cols, uint32_t(rows * 131 + cols * 7 + n));
+  const std::vector<float> y = run_matmul(m.mat, x, n, pool);
+  for (int t = 0; t < n; ++t) {
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref = 0.0, mag = 0.0, act_bound = 0.0;
+      for (int64_t c0 = 0; c0 < cols; c0 += act_block) {
+        double amax = 0.0, wabs = 0.0;
+        for (int64_t c = c0; c < c0 + act_block; ++c) {
+          const double wv = m.values[size_t(r * cols + c)], xv = x[size_t(t * cols + c)];
+          ref += wv * xv;
+          mag += std::fabs(wv * xv);
+          amax = std::max(amax, std::fabs(xv));
+          wabs += std::fabs(wv);
+        }
+        act_bound += amax / 254.0 * wabs;
+      }
+      const double tolerance = act_bound * (1.0 + 1e-5) + kFloatTolerance * (1.0 + mag);
+      const float got = y[size_t(t * rows + r)];
+      ASSERT_LE(std::fabs(double(got) - ref), tolerance)
+          << dtype_name(m.mat.dtype) << " isa=" << cpu::matmul_isa() << " rows=" << rows << " cols=" << cols
+          << " n=" << n << " threads=" << pool.size() << " t=" << t << " r=" << r << " got=" << got
+          << " ref=" << ref;
+    }
+  }
+}
 
 using test::for_each_isa;
 
@@ -121,6 +176,71 @@ TEST_P(MatmulQuantTest, PaddedRowStride) {
     ThreadPool pool(2);
     for (int n : {1, 3, 6})
       check_matmul(make_quant_mat(t, 21, 2 * dtype_info(t).block, 5, /*row_pad=*/10), n, pool);
+  });
+}
+
+// The scalar and AVX2 kernels: the same activation bytes, and the same results up to float order.
+TEST_P(MatmulQuantTest, ScalarAndAvx2Agree) {
+  if (!cpu::have_avx2()) GTEST_SKIP() << "no AVX2/FMA/F16C here";
+  const DType t = GetParam();
+  const int64_t cols = 8 * dtype_info(t).block;
+  std::vector<float> x = random_tokens(3, cols, 7);
+  // Edge cases of the quantizer: a zero block, ties of the rounding, the largest value, tiny values.
+  std::fill(x.begin(), x.begin() + 256, 0.0f);
+  for (int i = 0; i < 31; ++i) x[size_t(cols + i)] = float(i - 16) + 0.5f;  // ties: the scale is 1
+  x[size_t(cols + 31)] = 127.0f;
+  x[size_t(2 * cols)] = 3e-30f;
+  x[size_t(2 * cols + 1)] = -1e-38f;
+  const uint64_t act_bytes = cpu::detail::quant_act_row_bytes(t, cols);
+  for (int row = 0; row < 3; ++row) {
+    std::vector<std::byte> a(act_bytes), b(act_bytes);
+    cpu::detail::scalar_quant_kernel(t).quantize_act(x.data() + row * cols, cols, a.data());
+    cpu::detail::avx2_quant_kernel(t).quantize_act(x.data() + row * cols, cols, b.data());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), act_bytes), 0) << dtype_name(t) << " activation row " << row;
+  }
+
+  const QuantMat m = make_quant_mat(t, 37, cols, 3);
+  ThreadPool pool(2);
+  for (int n : {1, 2, 3}) {
+    cpu::set_force_scalar(true);
+    const std::vector<float> ys = run_matmul(m.mat, x, n, pool);
+    cpu::set_force_scalar(false);
+    const std::vector<float> ya = run_matmul(m.mat, x, n, pool);
+    for (int tok = 0; tok < n; ++tok)
+      for (int64_t r = 0; r < m.mat.rows; ++r) {
+        double mag = 0.0;
+        for (int64_t c = 0; c < cols; ++c)
+          mag += std::fabs(double(m.values[size_t(r * cols + c)]) * x[size_t(tok * cols + c)]);
+        const size_t i = size_t(tok * m.mat.rows + r);
+        ASSERT_LE(std::fabs(double(ys[i]) - ya[i]), kIsaTolerance * (1.0 + mag))
+            << dtype_name(t) << " n=" << n << " t=" << tok << " r=" << r << " scalar=" << ys[i] << " avx2=" << ya[i];
+      }
+  }
+}
+
+// Activation quantization is what bounds the error: with exactly representable activations (every
+// block a multiple of its max / 127) the kernels give the float dot product to rounding.
+TEST_P(MatmulQuantTest, ExactOnGridActivations) {
+  const DType t = GetParam();
+  const int64_t cols = 2 * dtype_info(t).block;
+  const QuantMat m = make_quant_mat(t, 9, cols, 11);
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> q(-127, 127);
+  std::vector<float> x(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) x[size_t(c)] = float(q(rng)) / 64.0f;
+  for (int64_t c = 0; c < cols; c += 32) x[size_t(c)] = 127.0f / 64.0f;  // every block's max is 127 steps
+  for_each_isa([&] {
+    ThreadPool pool(1);
+    const std::vector<float> y = run_matmul(m.mat, x, 1, pool);
+    for (int64_t r = 0; r < m.mat.rows; ++r) {
+      double ref = 0.0, mag = 0.0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const double p = double(m.values[size_t(r * cols + c)]) * x[size_t(c)];
+        ref += p, mag += std::fabs(p);
+      }
+      ASSERT_LE(std::fabs(y[size_t(r)] - ref), kFloatTolerance * (1.0 + mag))
+          << dtype_name(t) << " isa=" << cpu::matmul_isa() << " r=" << r << " got=" << y[size_t(r)] << " ref=" << ref;
+    }
   });
 }
 

@@ -1,7 +1,8 @@
 // Quantized formats against gguf-py (gguf.quants, 0.19.0): the vectors in tests/fixtures/quant come
 // from tools/make_quant_vectors.py. Dequantization and gguf-py's own quantizers must match bit for
-// bit (NaN only as NaN-ness); the quantizers gguf-py lacks (K-quants, IQ4_XS) are held to round-trip
-// error bounds; MLX affine dequantization is checked against vectors computed from its definition.
+// bit (NaN only as NaN-ness); the quantizers gguf-py lacks (K-quants, IQ4_XS, IQ3_XXS) are held to
+// round-trip error bounds, IQ3_XXS also to llama.cpp's own bytes (tools/make_iq3_xxs_vector.py); MLX
+// affine dequantization is checked against vectors computed from its definition.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -198,7 +199,8 @@ TEST(quant, RoundTripError) {
   };
   const Bound bounds[] = {{DType::Q8_0, 0.006}, {DType::Q5_0, 0.048}, {DType::Q5_1, 0.043},
                           {DType::Q4_0, 0.097}, {DType::Q4_1, 0.088}, {DType::Q6_K, 0.020},
-                          {DType::Q5_K, 0.041}, {DType::Q4_K, 0.081}, {DType::IQ4_XS, 0.086}};
+                          {DType::Q5_K, 0.041}, {DType::Q4_K, 0.081}, {DType::IQ4_XS, 0.086},
+                          {DType::IQ3_XXS, 0.24}};
   const int64_t n = 256 * 256;
   const std::vector<float> x = normal_rows(n, 11);
   std::map<DType, double> rel;
@@ -215,6 +217,10 @@ TEST(quant, RoundTripError) {
   EXPECT_LT(rel[DType::Q4_K], rel[DType::Q4_1]);
   EXPECT_LT(rel[DType::Q5_K], rel[DType::Q5_1]);
   EXPECT_LT(rel[DType::IQ4_XS], rel[DType::Q4_0]);
+  // IQ3_XXS (3.06 bits per weight, no zero level, no importance matrix) reaches 21.3% here, 2.8 times
+  // IQ4_XS's error (4.25 bits); llama.cpp's quantizer gives the same bytes (IQ3XxsMatchesLlamaCpp).
+  EXPECT_GT(rel[DType::IQ3_XXS], 2.0 * rel[DType::IQ4_XS]);
+  EXPECT_LT(rel[DType::IQ3_XXS], 3.2 * rel[DType::IQ4_XS]);
 }
 
 // The reference quantizers on rows that stress their searches: zeros, constants, one spike, blocks
@@ -230,18 +236,37 @@ TEST(quant, KQuantizersEdgeRows) {
     x[size_t(i)] = noise[size_t(i)] * std::pow(10.0f, float((i / 32) % 8) - 4);
   for (int64_t i = 1024; i < 1280; ++i) x[size_t(i)] = std::fabs(noise[size_t(i)]);  // all positive
   for (int64_t i = 1280; i < 1536; ++i) x[size_t(i)] = noise[size_t(i)] * 1e-12f;    // tiny
-  for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS}) {
+  for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS, DType::IQ3_XXS}) {
     std::vector<std::byte> q(dtype_row_bytes(t, uint64_t(n)).value());
     std::vector<float> y(static_cast<size_t>(n));
     quantize_row(t, x.data(), n, q.data());
     dequantize_row(t, q.data(), n, y.data());
     for (int64_t i = 0; i < 256; ++i) ASSERT_EQ(y[size_t(i)], 0.0f) << dtype_name(t) << " zero row at " << i;
     for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(std::isfinite(y[size_t(i)])) << dtype_name(t) << " at " << i;
+    // IQ3_XXS has no zero level: values next to a spike come back as +-1 step of the spike's scale.
     for (int64_t r = 1; r < 5; ++r)
-      EXPECT_LT(relative_rmse(x.data() + 256 * r, y.data() + 256 * r, 256), 0.12)
+      EXPECT_LT(relative_rmse(x.data() + 256 * r, y.data() + 256 * r, 256),
+                t != DType::IQ3_XXS ? 0.12 : r == 2 ? 1.0 : 0.25)
           << dtype_name(t) << " row " << r;
     // The tiny row lies below what f16 super-scales reach: it may flush to zero, never grow.
     EXPECT_LE(relative_rmse(x.data() + 1280, y.data() + 1280, 256), 1.0) << dtype_name(t);
+  }
+}
+
+// IQ3_XXS against llama.cpp's own quantizer (ggml_quantize_chunk without an importance matrix, run by
+// tools/make_iq3_xxs_vector.py): the same bytes, for Gaussian rows and the edge rows above.
+TEST(quant, IQ3XxsMatchesLlamaCpp) {
+  const std::vector<std::byte> file = read_bytes(kDir + "/iq3_xxs_llama_cpp.bin");
+  constexpr size_t kRowIn = 256 * 4, kRowOut = 98;
+  ASSERT_EQ(file.size() % (kRowIn + kRowOut), 0u);
+  const size_t rows = file.size() / (kRowIn + kRowOut);
+  ASSERT_EQ(rows, 17u);
+  std::vector<float> x(rows * 256);
+  std::memcpy(x.data(), file.data(), rows * kRowIn);
+  for (size_t r = 0; r < rows; ++r) {
+    std::byte q[kRowOut];
+    quantize_row(DType::IQ3_XXS, x.data() + 256 * r, 256, q);
+    EXPECT_EQ(std::memcmp(q, file.data() + rows * kRowIn + r * kRowOut, kRowOut), 0) << "row " << r;
   }
 }
 
@@ -297,7 +322,7 @@ TEST(quant, RejectsTypesItDoesNotHandle) {
   EXPECT_FALSE(can_quantize(DType::Q2_K));
   EXPECT_THROW(quantize_row(DType::Q2_K, out, 256, buf), Error);
   for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K,
-                  DType::Q6_K, DType::IQ4_XS, DType::F16, DType::BF16, DType::F32})
+                  DType::Q6_K, DType::IQ4_XS, DType::IQ3_XXS, DType::F16, DType::BF16, DType::F32})
     EXPECT_TRUE(can_quantize(t)) << dtype_name(t);
 }
 

@@ -5,15 +5,18 @@
 // through the tile kernels at most kMaxTileTokens at a time, so every weight loaded serves several
 // tokens; with more tokens than one tile, rows are taken in blocks that stay in L2 while all the
 // tiles pass over them, so prefill reads the weights from memory about once. Block-quantized
-// weights take the same blocking and threading with the kernels of matmul_quant*.cpp.
+// weights take the same blocking and threading with the kernels of matmul_quant*.cpp, after their
+// activation rows are quantized once per call (quant_act.h).
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "ops/cpu/cpu_backend.h"
 #include "ops/cpu/kernels.h"
 #include "formats/quant.h"
+#include "ops/cpu/matmul_mlx.h"
 #include "ops/cpu/matmul_quant.h"
 #include "util/error.h"
 
@@ -73,6 +76,43 @@ bool use_avx2() { return have_avx2() && !g_force_scalar.load(std::memory_order_r
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// The quantized activations of the calling thread's matmul calls: it grows to the largest call the
+// thread has made and is then reused, so steady decoding and prefill allocate nothing (the first
+// chunk of a run sizes it; test_no_alloc checks the steady state).
+std::byte* quant_act_scratch(uint64_t bytes) {
+  constexpr uint64_t kAlign = 64;
+  thread_local std::vector<std::byte> buffer;
+  if (buffer.size() < bytes + kAlign) buffer.resize(bytes + kAlign);
+  const auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + (kAlign - address % kAlign) % kAlign;
+}
+
+// Block-quantized weights: the activation rows are quantized once (quant_act.h), in parallel over
+// tokens, then the tiles take them with the same blocking and threading as the float kernels.
+void matmul_quant(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
+  const detail::QuantKernel kernel =
+      use_avx2() ? detail::avx2_quant_kernel(w.dtype) : detail::scalar_quant_kernel(w.dtype);
+  const uint64_t act_row_bytes = detail::quant_act_row_bytes(w.dtype, w.cols);
+  std::byte* xq = quant_act_scratch(act_row_bytes * uint64_t(n));
+  pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) kernel.quantize_act(x + t * w.cols, w.cols, xq + uint64_t(t) * act_row_bytes);
+  });
+  const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
+  const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
+  const int64_t block_rows =
+      n <= kMaxTileTokens ? w.rows : std::max<int64_t>(8, int64_t(kBlockBytes / row_bytes));
+  const int64_t ldy = w.rows;
+  pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
+      const int64_t b1 = std::min(r1, b0 + block_rows);
+      for (int t0 = 0; t0 < n; t0 += kMaxTileTokens) {
+        const int tile = std::min(kMaxTileTokens, n - t0);
+        kernel.tile(w, b0, b1, xq + uint64_t(t0) * act_row_bytes, act_row_bytes, tile, y + int64_t(t0) * ldy, ldy);
+      }
+    }
+  });
+}
+
 }  // namespace
 
 bool have_avx2() {
@@ -90,8 +130,10 @@ const char* matmul_isa() { return use_avx2() ? "avx2" : "scalar"; }
 void set_force_scalar(bool force) { g_force_scalar.store(force, std::memory_order_relaxed); }
 
 void matmul(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
-  const bool quantized = is_quantized(w.dtype);
-  FM_CHECK(is_float_weight(w.dtype) || (quantized && detail::quant_tile_supported(w.dtype)),
+  const bool mlx = is_mlx(w.dtype);  // MLX affine: the kernels of matmul_mlx*.cpp, blocked as the float ones
+  const bool quantized = is_quantized(w.dtype) && !mlx;
+  FM_CHECK(is_float_weight(w.dtype) || (quantized && detail::quant_tile_supported(w.dtype)) ||
+               (mlx && detail::mlx_tile_supported(w)),
            "matmul does not read {} weights", dtype_name(w.dtype));
   FM_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0, "matmul shape: n={} rows={} cols={}", n, w.rows, w.cols);
   const std::optional<uint64_t> min_row_bytes = dtype_row_bytes(w.dtype, uint64_t(w.cols));
@@ -99,11 +141,11 @@ void matmul(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
            dtype_name(w.dtype), w.row_bytes);
   if (n == 0 || w.rows == 0) return;
 
-  TileKernel kernel;
-  if (quantized)
-    kernel = use_avx2() ? detail::avx2_quant_tile_kernel(w.dtype) : detail::scalar_quant_tile_kernel(w.dtype);
-  else
-    kernel = use_avx2() ? detail::avx2_tile_kernel(w.dtype) : scalar_tile_kernel(w.dtype);
+  if (quantized) return matmul_quant(w, x, n, y, pool);
+  const TileKernel kernel = mlx          ? (use_avx2() ? detail::avx2_mlx_tile_kernel(w.dtype)
+                                                      : detail::scalar_mlx_tile_kernel(w.dtype))
+                            : use_avx2() ? detail::avx2_tile_kernel(w.dtype)
+                                         : scalar_tile_kernel(w.dtype);
   const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
   const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
   const int64_t block_rows =
@@ -122,12 +164,12 @@ void matmul(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
 }
 
 void embed(const Mat& table, const int32_t* ids, int n, float* out) {
-  FM_CHECK(can_dequantize(table.dtype), "embed does not read {} tables", dtype_name(table.dtype));
+  FM_CHECK(can_dequantize(table.dtype) || (is_mlx(table.dtype) && detail::mlx_tile_supported(table)),
+           "embed does not read {} tables", dtype_name(table.dtype));
   for (int t = 0; t < n; ++t) {
     FM_CHECK(ids[t] >= 0 && ids[t] < table.rows, "token id {} outside the table of {} rows", ids[t],
              table.rows);
-    dequantize_row(table.dtype, table.data + uint64_t(ids[t]) * table.row_bytes, table.cols,
-                   out + int64_t(t) * table.cols);
+    dequantize_mat_row(table, ids[t], out + int64_t(t) * table.cols);
   }
 }
 

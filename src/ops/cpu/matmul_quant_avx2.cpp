@@ -1,29 +1,62 @@
-// matmul over block-quantized weights, AVX2/FMA path: the same template as matmul_quant.cpp with the
-// dot product in 8-wide FMAs. The format's scalar dequantize_block is inlined into the target
-// function and compiled (and vectorized where the compiler can) for AVX2 there; as in
-// matmul_avx2.cpp, only functions carry the target attribute, never the whole file.
+// matmul over block-quantized weights, AVX2 path: integer dot products of weight blocks with the
+// 8-bit activation blocks of quant_act.h, as llama.cpp's CPU backend computes them.
+//
+// The core step is _mm256_maddubs_epi16 (32 unsigned x signed byte products, summed in pairs to 16
+// int16) followed by _mm256_madd_epi16 with the sub-block scales (or ones), which gives 8 int32
+// partial sums. Each format is decoded to unsigned bytes where it can be (offsets and mins are
+// subtracted afterwards with the activation block sums), or to signed bytes whose signs are moved
+// onto the activations (_mm256_sign_epi8: |w| * (x * sign w)). A weight block is decoded once and
+// used for up to kMaxTileTokens activation rows. Products never saturate: unsigned weights stay
+// below 64 (or |w| <= 128 with |x| <= 127, pair sums <= 32512).
+//
+// The blocks of 32 share one driver (rows32) over a per-format decoder; the super-blocks of 256
+// each have a block kernel (scales and layouts differ too much to share more) inside one driver
+// (rows256). As in matmul_avx2.cpp, only functions carry the target attribute, never the whole file.
 #include <immintrin.h>
 
-#include <algorithm>
+#include <cstring>
 
 #include "ops/cpu/matmul_quant.h"
-#include "util/error.h"
-
-// The decoded weights are the ones dequantize_row gives, bit for bit: no multiply-add of a block's
-// decoding is fused here either (see quant.cpp). The dot products use explicit FMA intrinsics.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
-
+#include "ops/cpu/quant_act.h"
 #include "formats/quant_blocks.h"
+#include "util/error.h"
 
 #define FM_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace fm::cpu::detail {
 
 namespace {
+
+using quant::tables::kGridIq2s;
+using quant::tables::kGridIq2xs;
+using quant::tables::kGridIq2xxs;
+using quant::tables::kGridIq3s;
+using quant::tables::kGridIq3xxs;
+using quant::tables::kSignsIq2xs;
+
+// kSignBytes[k]: 8 bytes, 0xFF (-1) where bit i of ksigns_iq2xs[k] is set, else 0x01, for
+// _mm256_sign_epi8.
+struct SignBytes {
+  uint64_t v[128];
+  constexpr SignBytes() : v() {
+    for (int k = 0; k < 128; ++k)
+      for (int i = 0; i < 8; ++i) v[k] |= uint64_t((kSignsIq2xs[k] >> i) & 1 ? 0xFF : 0x01) << (8 * i);
+  }
+};
+inline constexpr SignBytes kSignBytes;
+
+inline uint64_t load_u64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline uint32_t load_u32(const void* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+FM_AVX2 inline float f16(uint16_t h) { return _cvtsh_ss(h); }
 
 FM_AVX2 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -32,85 +65,687 @@ FM_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Decodes N blocks into buf and adds their dot products with T tokens into acc; xb points at the
-// blocks' first column of token 0, tokens are cols apart. U independent accumulators per token
-// keep enough FMA chains in flight when T is small (4-cycle latency, two per cycle).
-template <class Q, int T, int U, int N>
-FM_AVX2 inline void dot_blocks(const std::byte* blocks, const float* xb, int64_t cols, float* buf,
-                               __m256 (&acc)[T][U]) {
-  constexpr int kBlock = Q::kBlock;
-#pragma GCC unroll 8
-  for (int i = 0; i < N; ++i) Q::dequantize_block(blocks + i * sizeof(typename Q::Block), buf + i * kBlock);
-#pragma GCC unroll 8
-  for (int c = 0; c < N * kBlock; c += 8 * U) {
-#pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) {
-      const __m256 wv = _mm256_load_ps(buf + c + 8 * u);
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t)
-        acc[t][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + t * cols + c + 8 * u), acc[t][u]);
-    }
+FM_AVX2 inline int hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+FM_AVX2 inline __m256i loadu(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// 32 values 0..15 in element order from 16 bytes: low nibbles are elements 0..15, high 16..31.
+FM_AVX2 inline __m256i nibbles32(const uint8_t* p) {
+  const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+// Byte i = 0xFF where bit i of `bits` is set, else 0.
+FM_AVX2 inline __m256i bits_to_bytes(uint32_t bits) {
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(int(bits)),
+      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
+// Negates activation byte i where bit i of `bits` is set.
+FM_AVX2 inline __m256i apply_sign_bits(__m256i x, uint32_t bits) {
+  return _mm256_sign_epi8(x, _mm256_or_si256(bits_to_bytes(bits), _mm256_set1_epi8(1)));
+}
+
+// 16 int16 products u * x summed in pairs, then multiplied by the int16 lanes of `scales` and
+// summed in pairs: 8 int32.
+FM_AVX2 inline __m256i dot_scaled(__m256i u, __m256i x, __m256i scales) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), scales);
+}
+
+// Shuffle controls on a vector holding the same 8 int16 in both lanes: kBroadcast16(j) gives
+// int16 j in every lane; kPair16(j) gives int16 j in the low lane and j + 1 in the high lane.
+FM_AVX2 inline __m256i broadcast16(__m256i v8, int j) {
+  return _mm256_shuffle_epi8(v8, _mm256_set1_epi16(int16_t((2 * j + 1) << 8 | 2 * j)));
+}
+FM_AVX2 inline __m256i pair16(__m256i v8, int j) {
+  return _mm256_shuffle_epi8(v8, _mm256_set_m128i(_mm_set1_epi16(int16_t((2 * j + 3) << 8 | (2 * j + 2))),
+                                                  _mm_set1_epi16(int16_t((2 * j + 1) << 8 | 2 * j))));
+}
+
+// ---- blocks of 32 ----------------------------------------------------------------------------
+// Per format: the 32 values as bytes (kSigned: signed, else unsigned 0..31), the scale d, and dm,
+// the multiplier of the activation sum s for formats with a min or an offset (kMin).
+
+template <class Q>
+struct Codec32;
+
+template <>
+struct Codec32<quant::Q4_0> {
+  static constexpr bool kSigned = false, kMin = true;
+  using Block = quant::Q4_0::Block;
+  FM_AVX2 static __m256i values(const Block& b) { return nibbles32(b.qs); }
+  FM_AVX2 static float d(const Block& b) { return f16(b.d); }
+  FM_AVX2 static float dm(const Block&, float d) { return -8.0f * d; }
+};
+
+template <>
+struct Codec32<quant::Q4_1> {
+  static constexpr bool kSigned = false, kMin = true;
+  using Block = quant::Q4_1::Block;
+  FM_AVX2 static __m256i values(const Block& b) { return nibbles32(b.qs); }
+  FM_AVX2 static float d(const Block& b) { return f16(b.d); }
+  FM_AVX2 static float dm(const Block& b, float) { return f16(b.m); }
+};
+
+FM_AVX2 inline __m256i q5_values(const uint8_t* qs, const uint8_t* qh) {
+  return _mm256_or_si256(nibbles32(qs), _mm256_and_si256(bits_to_bytes(load_u32(qh)), _mm256_set1_epi8(0x10)));
+}
+
+template <>
+struct Codec32<quant::Q5_0> {
+  static constexpr bool kSigned = false, kMin = true;
+  using Block = quant::Q5_0::Block;
+  FM_AVX2 static __m256i values(const Block& b) { return q5_values(b.qs, b.qh); }
+  FM_AVX2 static float d(const Block& b) { return f16(b.d); }
+  FM_AVX2 static float dm(const Block&, float d) { return -16.0f * d; }
+};
+
+template <>
+struct Codec32<quant::Q5_1> {
+  static constexpr bool kSigned = false, kMin = true;
+  using Block = quant::Q5_1::Block;
+  FM_AVX2 static __m256i values(const Block& b) { return q5_values(b.qs, b.qh); }
+  FM_AVX2 static float d(const Block& b) { return f16(b.d); }
+  FM_AVX2 static float dm(const Block& b, float) { return f16(b.m); }
+};
+
+template <>
+struct Codec32<quant::Q8_0> {
+  static constexpr bool kSigned = true, kMin = false;
+  using Block = quant::Q8_0::Block;
+  FM_AVX2 static __m256i values(const Block& b) { return loadu(b.qs); }
+  FM_AVX2 static float d(const Block& b) { return f16(b.d); }
+  FM_AVX2 static float dm(const Block&, float) { return 0.0f; }
+};
+
+FM_AVX2 inline __m256i table16(const int8_t* levels) {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels)));
+}
+
+template <>
+struct Codec32<quant::IQ4_NL> {
+  static constexpr bool kSigned = true, kMin = false;
+  using Block = quant::IQ4_NL::Block;
+  FM_AVX2 static __m256i values(const Block& b) {
+    return _mm256_shuffle_epi8(table16(quant::tables::kValuesIq4nl), nibbles32(b.qs));
+  }
+  FM_AVX2 static float d(const Block& b) { return f16(b.d); }
+  FM_AVX2 static float dm(const Block&, float) { return 0.0f; }
+};
+
+template <>
+struct Codec32<quant::MXFP4> {
+  static constexpr bool kSigned = true, kMin = false;
+  using Block = quant::MXFP4::Block;
+  FM_AVX2 static __m256i values(const Block& b) {
+    return _mm256_shuffle_epi8(table16(quant::tables::kValuesMxfp4), nibbles32(b.qs));
+  }
+  FM_AVX2 static float d(const Block& b) { return quant::MXFP4::e8m0_half(b.e); }
+  FM_AVX2 static float dm(const Block&, float) { return 0.0f; }
+};
+
+// One block of 32 for T tokens into accumulator set `acc`; corr collects dm * s.
+template <class C, int T>
+FM_AVX2 inline void step32(const typename C::Block& blk, const ActBlock32* const (&x)[T], int64_t b,
+                           __m256 (&acc)[T], float (&corr)[T]) {
+  const __m256i v = C::values(blk);
+  const __m256i u = C::kSigned ? _mm256_sign_epi8(v, v) : v;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const float d = C::d(blk);
+  const float dm = C::dm(blk, d);
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) {
+    const ActBlock32& a = x[t][b];
+    __m256i xs = loadu(a.qs);
+    if constexpr (C::kSigned) xs = _mm256_sign_epi8(xs, v);
+    const __m256 p = _mm256_cvtepi32_ps(dot_scaled(u, xs, ones));
+    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), p, acc[t]);
+    if constexpr (C::kMin) corr[t] += dm * a.s;
   }
 }
 
-// Rows [r0, r1) for T tokens. Blocks of 32 are decoded four at a time: the scalar decoders store
-// their values in pieces narrower than the 8-float loads that read them back, and such a load has
-// to wait until those stores have left the store buffer; with 128 values between a store and its
-// load most of that wait is over (measured 1.5-2x faster for Q4_0 / Q4_1 / Q5 on Zen 4).
 template <class Q, int T>
-FM_AVX2 void quant_rows(const Mat& w, int64_t r0, int64_t r1, const float* x, float* y, int64_t ldy) {
-  constexpr int kBlock = Q::kBlock;
-  constexpr uint64_t kBlockBytes = sizeof(typename Q::Block);
-  constexpr int kChunk = std::max(1, 128 / kBlock);  // blocks decoded at once
-  constexpr int U = T == 1 ? 4 : 2;
-  static_assert(kBlock % (8 * U) == 0);
-  const int64_t cols = w.cols, n_blocks = cols / kBlock;
-  alignas(32) float buf[kBlock * kChunk];
+FM_AVX2 void rows32(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes, float* y,
+                    int64_t ldy) {
+  using C = Codec32<Q>;
+  using Block = typename C::Block;
+  const int64_t n_blocks = w.cols / 32;
+  const ActBlock32* x[T];
+  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const ActBlock32*>(xq + uint64_t(t) * xq_row_bytes);
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* blocks = reinterpret_cast<const Block*>(w.data + uint64_t(r) * w.row_bytes);
+    __m256 acc0[T], acc1[T];
+    float corr[T];
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps(), corr[t] = 0.0f;
+    int64_t b = 0;
+    for (; b + 2 <= n_blocks; b += 2) {  // two accumulator chains keep the FMAs in flight
+      step32<C, T>(blocks[b], x, b, acc0, corr);
+      step32<C, T>(blocks[b + 1], x, b + 1, acc1, corr);
+    }
+    if (b < n_blocks) step32<C, T>(blocks[b], x, b, acc0, corr);
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + corr[t];
+  }
+}
+
+// ---- super-blocks of 256 -------------------------------------------------------------------------
+// Per format, dot<T>(block, x, b, acc): acc[t] += its dot product with activation block b of token t
+// (8 lanes to be summed at the end).
+
+template <class Q>
+struct Block256;
+
+// Q4_K / Q5_K scales and mins: 8 six-bit values each, packed in 12 bytes (k4_scale_min). Returns
+// them as 8 int16 in both lanes.
+FM_AVX2 inline void k4_scales(const uint8_t* s, __m256i& scales, __m128i& mins) {
+  const uint32_t a = load_u32(s), b = load_u32(s + 4), c = load_u32(s + 8);
+  const uint32_t sc_lo = a & 0x3f3f3f3f, sc_hi = (c & 0x0f0f0f0f) | ((a >> 6) & 0x03030303) << 4;
+  const uint32_t m_lo = b & 0x3f3f3f3f, m_hi = ((c >> 4) & 0x0f0f0f0f) | ((b >> 6) & 0x03030303) << 4;
+  scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, int(sc_hi), int(sc_lo))));
+  mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, int(m_hi), int(m_lo)));
+}
+
+// acc += d * dx * sumi - dmin * dx * sum_j mins[j] * (activation sum of sub-block j of 32).
+template <int T>
+FM_AVX2 inline void k4_finish(const ActBlock256* const (&x)[T], int64_t b, float d, float dmin, __m128i mins,
+                              const __m256i (&sumi)[T], __m256 (&acc)[T]) {
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) {
+    const ActBlock256& a = x[t][b];
+    const __m128i sums32 = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.bsums)),
+                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.bsums + 8)));
+    const __m128 m = _mm_cvtepi32_ps(_mm_madd_epi16(mins, sums32));
+    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a.d), _mm256_insertf128_ps(_mm256_setzero_ps(), m, 0), acc[t]);
+  }
+}
+
+template <>
+struct Block256<quant::Q4_K> {
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::Q4_K::Block>(p);
+    __m256i scales;
+    __m128i mins;
+    k4_scales(blk.scales, scales, mins);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m256i q = loadu(blk.qs + 32 * k);
+      const __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+      const __m256i s_lo = broadcast16(scales, 2 * k), s_hi = broadcast16(scales, 2 * k + 1);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xs = x[t][b].qs + 64 * k;
+        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(dot_scaled(lo, loadu(xs), s_lo),
+                                                             dot_scaled(hi, loadu(xs + 32), s_hi)));
+      }
+    }
+    k4_finish<T>(x, b, f16(blk.d), f16(blk.dmin), mins, sumi, acc);
+  }
+};
+
+template <>
+struct Block256<quant::Q5_K> {
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::Q5_K::Block>(p);
+    __m256i scales;
+    __m128i mins;
+    k4_scales(blk.scales, scales, mins);
+    const __m256i low = _mm256_set1_epi8(0x0F), bit4 = _mm256_set1_epi8(0x10);
+    __m256i qh = loadu(blk.qh);  // bit j of byte l: bit 4 of element l of sub-block j
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m256i q = loadu(blk.qs + 32 * k);
+      const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
+      qh = _mm256_srli_epi16(qh, 1);
+      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+                                         _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
+      qh = _mm256_srli_epi16(qh, 1);
+      const __m256i s_lo = broadcast16(scales, 2 * k), s_hi = broadcast16(scales, 2 * k + 1);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xs = x[t][b].qs + 64 * k;
+        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(dot_scaled(lo, loadu(xs), s_lo),
+                                                             dot_scaled(hi, loadu(xs + 32), s_hi)));
+      }
+    }
+    k4_finish<T>(x, b, f16(blk.d), f16(blk.dmin), mins, sumi, acc);
+  }
+};
+
+// Shift of 16-bit lanes by a signed amount (left where positive); the callers mask the bits they keep.
+template <int S>
+FM_AVX2 inline __m256i shift16(__m256i v) {
+  if constexpr (S > 0) return _mm256_slli_epi16(v, S);
+  if constexpr (S < 0) return _mm256_srli_epi16(v, -S);
+  return v;
+}
+
+// acc += d * dx * (sumi - offset * sum_g scales[g] * bsums[g]) for the formats with signed 16-value
+// scales (16 int8 at sc16) and values stored with an offset.
+template <int T>
+FM_AVX2 inline void offset_finish(const ActBlock256* const (&x)[T], int64_t b, float d, __m128i sc16, int shift,
+                                  __m256i (&sumi)[T], __m256 (&acc)[T]) {
+  const __m256i scales = _mm256_cvtepi8_epi16(sc16);
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) {
+    const ActBlock256& a = x[t][b];
+    const __m256i off = _mm256_sll_epi32(_mm256_madd_epi16(scales, loadu(a.bsums)), _mm_cvtsi32_si128(shift));
+    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[t], off)), acc[t]);
+  }
+}
+
+template <>
+struct Block256<quant::Q6_K> {
+  // Chunk s (elements 128h + 32s ..) of half h: low bits from ql0 / ql1, high bits 2s of qh.
+  template <int S>
+  FM_AVX2 static __m256i values(__m256i ql0, __m256i ql1, __m256i qh) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i ql = S % 2 == 0 ? ql0 : ql1;
+    const __m256i lo = S < 2 ? _mm256_and_si256(ql, low) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), low);
+    return _mm256_or_si256(lo, _mm256_and_si256(shift16<4 - 2 * S>(qh), _mm256_set1_epi8(0x30)));
+  }
+  template <int T, int S>
+  FM_AVX2 static void chunk(__m256i u, __m256i sc, const ActBlock256* const (&x)[T], int64_t b, int h,
+                            __m256i (&sumi)[T]) {
+    const __m256i scv = pair16(sc, 2 * S);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t)
+      sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, loadu(x[t][b].qs + 128 * h + 32 * S), scv));
+  }
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::Q6_K::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256i sc = _mm256_broadcastsi128_si256(
+          _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales + 8 * h))));
+      const __m256i ql0 = loadu(blk.ql + 64 * h), ql1 = loadu(blk.ql + 64 * h + 32), qh = loadu(blk.qh + 32 * h);
+      chunk<T, 0>(values<0>(ql0, ql1, qh), sc, x, b, h, sumi);
+      chunk<T, 1>(values<1>(ql0, ql1, qh), sc, x, b, h, sumi);
+      chunk<T, 2>(values<2>(ql0, ql1, qh), sc, x, b, h, sumi);
+      chunk<T, 3>(values<3>(ql0, ql1, qh), sc, x, b, h, sumi);
+    }
+    const __m128i sc16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales));
+    offset_finish<T>(x, b, f16(blk.d), sc16, 5, sumi, acc);  // values are stored + 32
+  }
+};
+
+template <>
+struct Block256<quant::Q3_K> {
+  // The 16 six-bit scales (q3_k_scale) as signed bytes.
+  FM_AVX2 static __m128i scales(const uint8_t* s) {
+    const uint32_t a = load_u32(s), b = load_u32(s + 4), c = load_u32(s + 8);
+    const uint32_t w0 = (a & 0x0f0f0f0f) | (c & 0x03030303) << 4;
+    const uint32_t w1 = (b & 0x0f0f0f0f) | ((c >> 2) & 0x03030303) << 4;
+    const uint32_t w2 = ((a >> 4) & 0x0f0f0f0f) | ((c >> 4) & 0x03030303) << 4;
+    const uint32_t w3 = ((b >> 4) & 0x0f0f0f0f) | ((c >> 6) & 0x03030303) << 4;
+    return _mm_sub_epi8(_mm_set_epi32(int(w3), int(w2), int(w1), int(w0)), _mm_set1_epi8(32));
+  }
+  // Chunk c = 4h + s: two low bits at 2s of q, the high bit c of hmask; value + 4 in 0..7.
+  template <int T, int H, int S>
+  FM_AVX2 static void chunk(__m256i q, __m256i hm, __m256i sc, const ActBlock256* const (&x)[T], int64_t b,
+                            __m256i (&sumi)[T]) {
+    const __m256i u = _mm256_or_si256(_mm256_and_si256(shift16<-2 * S>(q), _mm256_set1_epi8(3)),
+                                      _mm256_and_si256(shift16<2 - (4 * H + S)>(hm), _mm256_set1_epi8(4)));
+    const __m256i scv = pair16(sc, 2 * S);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t)
+      sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, loadu(x[t][b].qs + 128 * H + 32 * S), scv));
+  }
+  template <int T, int H>
+  FM_AVX2 static void half(const quant::Q3_K::Block& blk, __m128i sc16, __m256i hm, const ActBlock256* const (&x)[T],
+                           int64_t b, __m256i (&sumi)[T]) {
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(H == 0 ? sc16 : _mm_srli_si128(sc16, 8)));
+    const __m256i q = loadu(blk.qs + 32 * H);
+    chunk<T, H, 0>(q, hm, sc, x, b, sumi);
+    chunk<T, H, 1>(q, hm, sc, x, b, sumi);
+    chunk<T, H, 2>(q, hm, sc, x, b, sumi);
+    chunk<T, H, 3>(q, hm, sc, x, b, sumi);
+  }
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::Q3_K::Block>(p);
+    const __m128i sc16 = scales(blk.scales);
+    const __m256i hm = loadu(blk.hmask);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+    half<T, 0>(blk, sc16, hm, x, b, sumi);
+    half<T, 1>(blk, sc16, hm, x, b, sumi);
+    offset_finish<T>(x, b, f16(blk.d), sc16, 2, sumi, acc);  // values are stored + 4
+  }
+};
+
+template <>
+struct Block256<quant::Q2_K> {
+  template <int T, int H, int S>
+  FM_AVX2 static void chunk(__m256i q, __m256i sc, const ActBlock256* const (&x)[T], int64_t b, __m256i (&sumi)[T]) {
+    const __m256i u = _mm256_and_si256(shift16<-2 * S>(q), _mm256_set1_epi8(3));
+    const __m256i scv = pair16(sc, 2 * S);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t)
+      sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, loadu(x[t][b].qs + 128 * H + 32 * S), scv));
+  }
+  template <int T, int H>
+  FM_AVX2 static void half(const quant::Q2_K::Block& blk, const ActBlock256* const (&x)[T], int64_t b,
+                           __m256i (&sumi)[T]) {
+    const __m128i s8 = _mm_and_si128(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales + 8 * H)),
+                                     _mm_set1_epi8(0x0F));
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(s8));
+    const __m256i q = loadu(blk.qs + 32 * H);
+    chunk<T, H, 0>(q, sc, x, b, sumi);
+    chunk<T, H, 1>(q, sc, x, b, sumi);
+    chunk<T, H, 2>(q, sc, x, b, sumi);
+    chunk<T, H, 3>(q, sc, x, b, sumi);
+  }
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::Q2_K::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+    half<T, 0>(blk, x, b, sumi);
+    half<T, 1>(blk, x, b, sumi);
+    const __m128i s16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s16, 4), _mm_set1_epi8(0x0F)));
+    const float d = f16(blk.d), dmin = f16(blk.dmin);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const ActBlock256& a = x[t][b];
+      const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, loadu(a.bsums)));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a.d), m, acc[t]);
+    }
+  }
+};
+
+// acc += d * dx * sumi.
+template <int T>
+FM_AVX2 inline void plain_finish(const ActBlock256* const (&x)[T], int64_t b, float d, const __m256i (&sumi)[T],
+                                 __m256 (&acc)[T]) {
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t)
+    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+}
+
+template <>
+struct Block256<quant::IQ4_XS> {
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::IQ4_XS::Block>(p);
+    // Scale j: nibble j of scales_l, two bits 2j of scales_h, minus 32; as 8 int16 in both lanes.
+    const __m256i nib = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(int(load_u32(blk.scales_l))), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+        _mm256_set1_epi32(0xF));
+    const __m256i hi2 = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(blk.scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+        _mm256_set1_epi32(3));
+    const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(nib, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
+    const __m256i scales = _mm256_broadcastsi128_si256(
+        _mm_packs_epi32(_mm256_castsi256_si128(ls), _mm256_extracti128_si256(ls, 1)));
+    const __m256i table = table16(quant::tables::kValuesIq4nl);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m256i v = _mm256_shuffle_epi8(table, nibbles32(blk.qs + 16 * j));
+      const __m256i u = _mm256_sign_epi8(v, v);
+      const __m256i scv = broadcast16(scales, j);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * j), v), scv));
+    }
+    plain_finish<T>(x, b, f16(blk.d), sumi, acc);
+  }
+};
+
+// Grid rows of 8 magnitudes (IQ2): four rows as one vector.
+FM_AVX2 inline __m256i grid8x4(const uint8_t (*grid)[8], int i0, int i1, int i2, int i3) {
+  return _mm256_set_epi64x(int64_t(load_u64(grid[i3])), int64_t(load_u64(grid[i2])), int64_t(load_u64(grid[i1])),
+                           int64_t(load_u64(grid[i0])));
+}
+// Sign bytes of four 7-bit ksigns_iq2xs indices.
+FM_AVX2 inline __m256i signs4(uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
+  return _mm256_set_epi64x(int64_t(kSignBytes.v[i3]), int64_t(kSignBytes.v[i2]), int64_t(kSignBytes.v[i1]),
+                           int64_t(kSignBytes.v[i0]));
+}
+
+template <>
+struct Block256<quant::IQ2_XXS> {
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::IQ2_XXS::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* idx = blk.qs + 8 * ib;
+      const uint32_t aux = load_u32(idx + 4);
+      const __m256i u = grid8x4(kGridIq2xxs, idx[0], idx[1], idx[2], idx[3]);
+      const __m256i sg = signs4(aux & 127, (aux >> 7) & 127, (aux >> 14) & 127, (aux >> 21) & 127);
+      const __m256i scv = _mm256_set1_epi16(int16_t(2 * (aux >> 28) + 1));
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * ib), sg), scv));
+    }
+    plain_finish<T>(x, b, f16(blk.d) * 0.125f, sumi, acc);
+  }
+};
+
+// Scales of groups 2i and 2i + 1 (nibbles of scales[i]) as 2s + 1, in the low and high lane.
+FM_AVX2 inline __m256i iq2_pair_scales(uint8_t s) {
+  return _mm256_set_m128i(_mm_set1_epi16(int16_t(2 * (s >> 4) + 1)), _mm_set1_epi16(int16_t(2 * (s & 0xF) + 1)));
+}
+
+template <>
+struct Block256<quant::IQ2_XS> {
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::IQ2_XS::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const uint16_t* q = blk.qs + 4 * i;
+      const __m256i u = grid8x4(kGridIq2xs, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511);
+      const __m256i sg = signs4(q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9);
+      const __m256i scv = iq2_pair_scales(blk.scales[i]);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * i), sg), scv));
+    }
+    plain_finish<T>(x, b, f16(blk.d) * 0.125f, sumi, acc);
+  }
+};
+
+template <>
+struct Block256<quant::IQ2_S> {
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::IQ2_S::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const uint8_t* q = blk.qs + 4 * i;
+      const int h = blk.qh[i];
+      const __m256i u = grid8x4(kGridIq2s, q[0] | (h & 3) << 8, q[1] | (h & 0xC) << 6, q[2] | (h & 0x30) << 4,
+                                q[3] | (h & 0xC0) << 2);
+      const uint32_t signs = load_u32(blk.signs + 4 * i);
+      const __m256i scv = iq2_pair_scales(blk.scales[i]);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, apply_sign_bits(loadu(x[t][b].qs + 32 * i), signs), scv));
+    }
+    plain_finish<T>(x, b, f16(blk.d) * 0.125f, sumi, acc);
+  }
+};
+
+// Grid rows of 4 magnitudes (IQ3): eight rows as one vector.
+FM_AVX2 inline __m256i grid4x8(const uint8_t (*grid)[4], const int (&i)[8]) {
+  return _mm256_setr_epi32(int(load_u32(grid[i[0]])), int(load_u32(grid[i[1]])), int(load_u32(grid[i[2]])),
+                           int(load_u32(grid[i[3]])), int(load_u32(grid[i[4]])), int(load_u32(grid[i[5]])),
+                           int(load_u32(grid[i[6]])), int(load_u32(grid[i[7]])));
+}
+
+template <>
+struct Block256<quant::IQ3_XXS> {
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::IQ3_XXS::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* q = blk.qs + 8 * ib;
+      const int idx[8] = {q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]};
+      const __m256i u = grid4x8(kGridIq3xxs, idx);
+      const uint32_t aux = load_u32(blk.scales_and_signs + 4 * ib);
+      const __m256i sg = signs4(aux & 127, (aux >> 7) & 127, (aux >> 14) & 127, (aux >> 21) & 127);
+      const __m256i scv = _mm256_set1_epi16(int16_t(2 * (aux >> 28) + 1));
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * ib), sg), scv));
+    }
+    plain_finish<T>(x, b, f16(blk.d) * 0.25f, sumi, acc);
+  }
+};
+
+template <>
+struct Block256<quant::IQ3_S> {
+  template <int T>
+  FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::IQ3_S::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* q = blk.qs + 8 * ib;
+      const int h = blk.qh[ib];
+      const int idx[8] = {q[0] | (h & 1) << 8,  q[1] | (h & 2) << 7,  q[2] | (h & 4) << 6,  q[3] | (h & 8) << 5,
+                          q[4] | (h & 16) << 4, q[5] | (h & 32) << 3, q[6] | (h & 64) << 2, q[7] | (h & 128) << 1};
+      const __m256i u = grid4x8(kGridIq3s, idx);
+      const uint32_t signs = load_u32(blk.signs + 4 * ib);
+      const int s = (blk.scales[ib / 2] >> (4 * (ib % 2))) & 0xF;
+      const __m256i scv = _mm256_set1_epi16(int16_t(2 * s + 1));
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, apply_sign_bits(loadu(x[t][b].qs + 32 * ib), signs), scv));
+    }
+    plain_finish<T>(x, b, f16(blk.d), sumi, acc);
+  }
+};
+
+template <class Q, int T>
+FM_AVX2 void rows256(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes, float* y,
+                     int64_t ldy) {
+  constexpr uint64_t kBytes = sizeof(typename Q::Block);
+  const int64_t n_blocks = w.cols / 256;
+  const ActBlock256* x[T];
+  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const ActBlock256*>(xq + uint64_t(t) * xq_row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
     const std::byte* row = w.data + uint64_t(r) * w.row_bytes;
-    __m256 acc[T][U];
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t)
-#pragma GCC unroll 8
-      for (int u = 0; u < U; ++u) acc[t][u] = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + kChunk <= n_blocks; b += kChunk)
-      dot_blocks<Q, T, U, kChunk>(row + uint64_t(b) * kBlockBytes, x + b * kBlock, cols, buf, acc);
-    for (; b < n_blocks; ++b)
-      dot_blocks<Q, T, U, 1>(row + uint64_t(b) * kBlockBytes, x + b * kBlock, cols, buf, acc);
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) {
-      __m256 v = acc[t][0];
-#pragma GCC unroll 8
-      for (int u = 1; u < U; ++u) v = _mm256_add_ps(v, acc[t][u]);
-      y[t * ldy + r] = hsum(v);
-    }
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n_blocks; ++b) Block256<Q>::template dot<T>(row + uint64_t(b) * kBytes, x, b, acc);
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[t]);
   }
 }
 
 template <class Q>
-FM_AVX2 void quant_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_tokens, float* y,
-                        int64_t ldy) {
+FM_AVX2 void quant_tile(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes, int n_tokens,
+                        float* y, int64_t ldy) {
   static_assert(kMaxTileTokens == 4);
+  const auto rows = [&]<int T>() {
+    if constexpr (Q::kBlock == 32)
+      rows32<Q, T>(w, r0, r1, xq, xq_row_bytes, y, ldy);
+    else
+      rows256<Q, T>(w, r0, r1, xq, xq_row_bytes, y, ldy);
+  };
   switch (n_tokens) {
     case 1:
-      return quant_rows<Q, 1>(w, r0, r1, x, y, ldy);
+      return rows.template operator()<1>();
     case 2:
-      return quant_rows<Q, 2>(w, r0, r1, x, y, ldy);
+      return rows.template operator()<2>();
     case 3:
-      return quant_rows<Q, 3>(w, r0, r1, x, y, ldy);
+      return rows.template operator()<3>();
     case 4:
-      return quant_rows<Q, 4>(w, r0, r1, x, y, ldy);
+      return rows.template operator()<4>();
   }
   FM_CHECK(false, "tile of {} tokens", n_tokens);
 }
 
+// ---- activation quantization (the same bytes as quantize_act_row_scalar) -------------------------
+
+FM_AVX2 inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// 8 values rounded as act_round: x * id to nearest even, NaN to -127, clamped to +-127.
+FM_AVX2 inline __m256i round8(const float* x, __m256 id) {
+  __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+  return _mm256_cvtps_epi32(v);
+}
+
+template <int N>
+FM_AVX2 void avx2_quantize_act(const float* x, int64_t cols, std::byte* out) {
+  auto* blocks = reinterpret_cast<ActBlockFor<N>*>(out);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t bi = 0; bi < cols / N; ++bi) {
+    const float* xb = x + bi * N;
+    ActBlockFor<N>& a = blocks[bi];
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < N; i += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xb + i), abs_mask), m);
+    float id;
+    act_scale(hmax(m), a.d, id);
+    const __m256 vid = _mm256_set1_ps(id);
+    int total = 0;
+    for (int i = 0; i < N; i += 32) {
+      const __m256i q0 = round8(xb + i, vid), q1 = round8(xb + i + 8, vid), q2 = round8(xb + i + 16, vid),
+                    q3 = round8(xb + i + 24, vid);
+      // packs interleave the lanes: 0 4 1 5 2 6 3 7 in units of 4 values; undo it.
+      const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.qs + i),
+                          _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      if constexpr (N == 32) {
+        total = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
+      } else {
+        a.bsums[i / 16] = int16_t(hsum_i32(_mm256_add_epi32(q0, q1)));
+        a.bsums[i / 16 + 1] = int16_t(hsum_i32(_mm256_add_epi32(q2, q3)));
+      }
+    }
+    if constexpr (N == 32) a.s = a.d * float(total);
+  }
+}
+
 }  // namespace
 
-TileKernel avx2_quant_tile_kernel(DType dtype) {
-  TileKernel kernel = nullptr;
-  quant::visit_format(dtype, [&](auto q) { kernel = quant_tile<decltype(q)>; });
-  FM_CHECK(kernel != nullptr, "no AVX2 matmul kernel for {}", dtype_name(dtype));
+QuantKernel avx2_quant_kernel(DType dtype) {
+  QuantKernel kernel{nullptr, nullptr};
+  quant::visit_format(dtype, [&](auto q) {
+    using Q = decltype(q);
+    kernel = QuantKernel{avx2_quantize_act<Q::kBlock>, quant_tile<Q>};
+  });
+  FM_CHECK(kernel.tile != nullptr, "no AVX2 matmul kernel for {}", dtype_name(dtype));
   return kernel;
 }
 
