@@ -65,8 +65,10 @@ void BM_matvec_float(benchmark::State& state) {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   std::vector<uint16_t> weights(static_cast<size_t>(kRows * kCols));
-  for (uint16_t& v : weights) v = kType == fm::DType::F16 ? fm::f32_to_f16(dist(rng)) : fm::f32_to_bf16(dist(rng));
-  const fm::Mat w{kType, kRows, kCols, reinterpret_cast<const std::byte*>(weights.data()), uint64_t(kCols) * 2};
+  for (uint16_t& v : weights)
+    v = kType == fm::DType::F16 ? fm::f32_to_f16(dist(rng)) : fm::f32_to_bf16(dist(rng));
+  const fm::Mat w{kType, kRows, kCols, reinterpret_cast<const std::byte*>(weights.data()),
+                  uint64_t(kCols) * 2};
   std::vector<float> x(static_cast<size_t>(kCols), 0.5f), y(static_cast<size_t>(kRows));
   fm::ThreadPool pool(threads);
   for (auto _ : state) {

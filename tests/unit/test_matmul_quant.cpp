@@ -16,8 +16,6 @@
 // |y_scalar - y_avx2| <= 4e-6 * (1 + sum |w x|).
 #include <gtest/gtest.h>
 
-#include "test_util.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -31,6 +29,7 @@
 #include "formats/quant_blocks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cpu/matmul_quant.h"
+#include "test_util.h"
 #include "util/half.h"
 
 namespace fm {
@@ -213,7 +212,8 @@ TEST_P(MatmulQuantTest, ScalarAndAvx2Agree) {
           mag += std::fabs(double(m.values[size_t(r * cols + c)]) * x[size_t(tok * cols + c)]);
         const size_t i = size_t(tok * m.mat.rows + r);
         ASSERT_LE(std::fabs(double(ys[i]) - ya[i]), kIsaTolerance * (1.0 + mag))
-            << dtype_name(t) << " n=" << n << " t=" << tok << " r=" << r << " scalar=" << ys[i] << " avx2=" << ya[i];
+            << dtype_name(t) << " n=" << n << " t=" << tok << " r=" << r << " scalar=" << ys[i]
+            << " avx2=" << ya[i];
       }
   }
 }
@@ -239,7 +239,8 @@ TEST_P(MatmulQuantTest, ExactOnGridActivations) {
         ref += p, mag += std::fabs(p);
       }
       ASSERT_LE(std::fabs(y[size_t(r)] - ref), kFloatTolerance * (1.0 + mag))
-          << dtype_name(t) << " isa=" << cpu::matmul_isa() << " r=" << r << " got=" << y[size_t(r)] << " ref=" << ref;
+          << dtype_name(t) << " isa=" << cpu::matmul_isa() << " r=" << r << " got=" << y[size_t(r)]
+          << " ref=" << ref;
     }
   });
 }

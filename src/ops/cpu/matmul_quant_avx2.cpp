@@ -16,9 +16,9 @@
 
 #include <cstring>
 
+#include "formats/quant_blocks.h"
 #include "ops/cpu/matmul_quant.h"
 #include "ops/cpu/quant_act.h"
-#include "formats/quant_blocks.h"
 #include "util/error.h"
 
 #define FM_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -83,9 +83,9 @@ FM_AVX2 inline __m256i nibbles32(const uint8_t* p) {
 
 // Byte i = 0xFF where bit i of `bits` is set, else 0.
 FM_AVX2 inline __m256i bits_to_bytes(uint32_t bits) {
-  const __m256i spread = _mm256_shuffle_epi8(
-      _mm256_set1_epi32(int(bits)),
-      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i spread =
+      _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)),
+                          _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
   const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
   return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
 }
@@ -137,7 +137,8 @@ struct Codec32<quant::Q4_1> {
 };
 
 FM_AVX2 inline __m256i q5_values(const uint8_t* qs, const uint8_t* qh) {
-  return _mm256_or_si256(nibbles32(qs), _mm256_and_si256(bits_to_bytes(load_u32(qh)), _mm256_set1_epi8(0x10)));
+  return _mm256_or_si256(nibbles32(qs),
+                         _mm256_and_si256(bits_to_bytes(load_u32(qh)), _mm256_set1_epi8(0x10)));
 }
 
 template <>
@@ -214,8 +215,8 @@ FM_AVX2 inline void step32(const typename C::Block& blk, const ActBlock32* const
 }
 
 template <class Q, int T>
-FM_AVX2 void rows32(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes, float* y,
-                    int64_t ldy) {
+FM_AVX2 void rows32(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes,
+                    float* y, int64_t ldy) {
   using C = Codec32<Q>;
   using Block = typename C::Block;
   const int64_t n_blocks = w.cols / 32;
@@ -264,7 +265,8 @@ FM_AVX2 inline void k4_finish(const ActBlock256* const (&x)[T], int64_t b, float
                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.bsums + 8)));
     const __m128 m = _mm_cvtepi32_ps(_mm_madd_epi16(mins, sums32));
     acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a.d), _mm256_insertf128_ps(_mm256_setzero_ps(), m, 0), acc[t]);
+    acc[t] =
+        _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a.d), _mm256_insertf128_ps(_mm256_setzero_ps(), m, 0), acc[t]);
   }
 }
 
@@ -287,8 +289,8 @@ struct Block256<quant::Q4_K> {
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) {
         const int8_t* xs = x[t][b].qs + 64 * k;
-        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(dot_scaled(lo, loadu(xs), s_lo),
-                                                             dot_scaled(hi, loadu(xs + 32), s_hi)));
+        sumi[t] = _mm256_add_epi32(
+            sumi[t], _mm256_add_epi32(dot_scaled(lo, loadu(xs), s_lo), dot_scaled(hi, loadu(xs + 32), s_hi)));
       }
     }
     k4_finish<T>(x, b, f16(blk.d), f16(blk.dmin), mins, sumi, acc);
@@ -310,7 +312,8 @@ struct Block256<quant::Q5_K> {
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) {
       const __m256i q = loadu(blk.qs + 32 * k);
-      const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
+      const __m256i lo =
+          _mm256_or_si256(_mm256_and_si256(q, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
       qh = _mm256_srli_epi16(qh, 1);
       const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low),
                                          _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
@@ -319,8 +322,8 @@ struct Block256<quant::Q5_K> {
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) {
         const int8_t* xs = x[t][b].qs + 64 * k;
-        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(dot_scaled(lo, loadu(xs), s_lo),
-                                                             dot_scaled(hi, loadu(xs + 32), s_hi)));
+        sumi[t] = _mm256_add_epi32(
+            sumi[t], _mm256_add_epi32(dot_scaled(lo, loadu(xs), s_lo), dot_scaled(hi, loadu(xs + 32), s_hi)));
       }
     }
     k4_finish<T>(x, b, f16(blk.d), f16(blk.dmin), mins, sumi, acc);
@@ -338,14 +341,15 @@ FM_AVX2 inline __m256i shift16(__m256i v) {
 // acc += d * dx * (sumi - offset * sum_g scales[g] * bsums[g]) for the formats with signed 16-value
 // scales (16 int8 at sc16) and values stored with an offset.
 template <int T>
-FM_AVX2 inline void offset_finish(const ActBlock256* const (&x)[T], int64_t b, float d, __m128i sc16, int shift,
-                                  __m256i (&sumi)[T], __m256 (&acc)[T]) {
+FM_AVX2 inline void offset_finish(const ActBlock256* const (&x)[T], int64_t b, float d, __m128i sc16,
+                                  int shift, __m256i (&sumi)[T], __m256 (&acc)[T]) {
   const __m256i scales = _mm256_cvtepi8_epi16(sc16);
 #pragma GCC unroll 4
   for (int t = 0; t < T; ++t) {
     const ActBlock256& a = x[t][b];
     const __m256i off = _mm256_sll_epi32(_mm256_madd_epi16(scales, loadu(a.bsums)), _mm_cvtsi32_si128(shift));
-    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[t], off)), acc[t]);
+    acc[t] =
+        _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[t], off)), acc[t]);
   }
 }
 
@@ -376,7 +380,8 @@ struct Block256<quant::Q6_K> {
     for (int h = 0; h < 2; ++h) {
       const __m256i sc = _mm256_broadcastsi128_si256(
           _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales + 8 * h))));
-      const __m256i ql0 = loadu(blk.ql + 64 * h), ql1 = loadu(blk.ql + 64 * h + 32), qh = loadu(blk.qh + 32 * h);
+      const __m256i ql0 = loadu(blk.ql + 64 * h), ql1 = loadu(blk.ql + 64 * h + 32),
+                    qh = loadu(blk.qh + 32 * h);
       chunk<T, 0>(values<0>(ql0, ql1, qh), sc, x, b, h, sumi);
       chunk<T, 1>(values<1>(ql0, ql1, qh), sc, x, b, h, sumi);
       chunk<T, 2>(values<2>(ql0, ql1, qh), sc, x, b, h, sumi);
@@ -410,9 +415,10 @@ struct Block256<quant::Q3_K> {
       sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, loadu(x[t][b].qs + 128 * H + 32 * S), scv));
   }
   template <int T, int H>
-  FM_AVX2 static void half(const quant::Q3_K::Block& blk, __m128i sc16, __m256i hm, const ActBlock256* const (&x)[T],
-                           int64_t b, __m256i (&sumi)[T]) {
-    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(H == 0 ? sc16 : _mm_srli_si128(sc16, 8)));
+  FM_AVX2 static void half(const quant::Q3_K::Block& blk, __m128i sc16, __m256i hm,
+                           const ActBlock256* const (&x)[T], int64_t b, __m256i (&sumi)[T]) {
+    const __m256i sc =
+        _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(H == 0 ? sc16 : _mm_srli_si128(sc16, 8)));
     const __m256i q = loadu(blk.qs + 32 * H);
     chunk<T, H, 0>(q, hm, sc, x, b, sumi);
     chunk<T, H, 1>(q, hm, sc, x, b, sumi);
@@ -435,7 +441,8 @@ struct Block256<quant::Q3_K> {
 template <>
 struct Block256<quant::Q2_K> {
   template <int T, int H, int S>
-  FM_AVX2 static void chunk(__m256i q, __m256i sc, const ActBlock256* const (&x)[T], int64_t b, __m256i (&sumi)[T]) {
+  FM_AVX2 static void chunk(__m256i q, __m256i sc, const ActBlock256* const (&x)[T], int64_t b,
+                            __m256i (&sumi)[T]) {
     const __m256i u = _mm256_and_si256(shift16<-2 * S>(q), _mm256_set1_epi8(3));
     const __m256i scv = pair16(sc, 2 * S);
 #pragma GCC unroll 4
@@ -476,8 +483,8 @@ struct Block256<quant::Q2_K> {
 
 // acc += d * dx * sumi.
 template <int T>
-FM_AVX2 inline void plain_finish(const ActBlock256* const (&x)[T], int64_t b, float d, const __m256i (&sumi)[T],
-                                 __m256 (&acc)[T]) {
+FM_AVX2 inline void plain_finish(const ActBlock256* const (&x)[T], int64_t b, float d,
+                                 const __m256i (&sumi)[T], __m256 (&acc)[T]) {
 #pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
     acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
@@ -489,13 +496,14 @@ struct Block256<quant::IQ4_XS> {
   FM_AVX2 static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b, __m256 (&acc)[T]) {
     const auto& blk = quant::as_block<quant::IQ4_XS::Block>(p);
     // Scale j: nibble j of scales_l, two bits 2j of scales_h, minus 32; as 8 int16 in both lanes.
-    const __m256i nib = _mm256_and_si256(
-        _mm256_srlv_epi32(_mm256_set1_epi32(int(load_u32(blk.scales_l))), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
-        _mm256_set1_epi32(0xF));
+    const __m256i nib = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(load_u32(blk.scales_l))),
+                                                           _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                         _mm256_set1_epi32(0xF));
     const __m256i hi2 = _mm256_and_si256(
         _mm256_srlv_epi32(_mm256_set1_epi32(blk.scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
         _mm256_set1_epi32(3));
-    const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(nib, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
+    const __m256i ls =
+        _mm256_sub_epi32(_mm256_or_si256(nib, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
     const __m256i scales = _mm256_broadcastsi128_si256(
         _mm_packs_epi32(_mm256_castsi256_si128(ls), _mm256_extracti128_si256(ls, 1)));
     const __m256i table = table16(quant::tables::kValuesIq4nl);
@@ -508,7 +516,8 @@ struct Block256<quant::IQ4_XS> {
       const __m256i scv = broadcast16(scales, j);
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t)
-        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * j), v), scv));
+        sumi[t] =
+            _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * j), v), scv));
     }
     plain_finish<T>(x, b, f16(blk.d), sumi, acc);
   }
@@ -516,8 +525,8 @@ struct Block256<quant::IQ4_XS> {
 
 // Grid rows of 8 magnitudes (IQ2): four rows as one vector.
 FM_AVX2 inline __m256i grid8x4(const uint8_t (*grid)[8], int i0, int i1, int i2, int i3) {
-  return _mm256_set_epi64x(int64_t(load_u64(grid[i3])), int64_t(load_u64(grid[i2])), int64_t(load_u64(grid[i1])),
-                           int64_t(load_u64(grid[i0])));
+  return _mm256_set_epi64x(int64_t(load_u64(grid[i3])), int64_t(load_u64(grid[i2])),
+                           int64_t(load_u64(grid[i1])), int64_t(load_u64(grid[i0])));
 }
 // Sign bytes of four 7-bit ksigns_iq2xs indices.
 FM_AVX2 inline __m256i signs4(uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
@@ -541,7 +550,8 @@ struct Block256<quant::IQ2_XXS> {
       const __m256i scv = _mm256_set1_epi16(int16_t(2 * (aux >> 28) + 1));
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t)
-        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * ib), sg), scv));
+        sumi[t] =
+            _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * ib), sg), scv));
     }
     plain_finish<T>(x, b, f16(blk.d) * 0.125f, sumi, acc);
   }
@@ -549,7 +559,8 @@ struct Block256<quant::IQ2_XXS> {
 
 // Scales of groups 2i and 2i + 1 (nibbles of scales[i]) as 2s + 1, in the low and high lane.
 FM_AVX2 inline __m256i iq2_pair_scales(uint8_t s) {
-  return _mm256_set_m128i(_mm_set1_epi16(int16_t(2 * (s >> 4) + 1)), _mm_set1_epi16(int16_t(2 * (s & 0xF) + 1)));
+  return _mm256_set_m128i(_mm_set1_epi16(int16_t(2 * (s >> 4) + 1)),
+                          _mm_set1_epi16(int16_t(2 * (s & 0xF) + 1)));
 }
 
 template <>
@@ -567,7 +578,8 @@ struct Block256<quant::IQ2_XS> {
       const __m256i scv = iq2_pair_scales(blk.scales[i]);
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t)
-        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * i), sg), scv));
+        sumi[t] =
+            _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * i), sg), scv));
     }
     plain_finish<T>(x, b, f16(blk.d) * 0.125f, sumi, acc);
   }
@@ -590,7 +602,8 @@ struct Block256<quant::IQ2_S> {
       const __m256i scv = iq2_pair_scales(blk.scales[i]);
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t)
-        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, apply_sign_bits(loadu(x[t][b].qs + 32 * i), signs), scv));
+        sumi[t] =
+            _mm256_add_epi32(sumi[t], dot_scaled(u, apply_sign_bits(loadu(x[t][b].qs + 32 * i), signs), scv));
     }
     plain_finish<T>(x, b, f16(blk.d) * 0.125f, sumi, acc);
   }
@@ -620,7 +633,8 @@ struct Block256<quant::IQ3_XXS> {
       const __m256i scv = _mm256_set1_epi16(int16_t(2 * (aux >> 28) + 1));
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t)
-        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * ib), sg), scv));
+        sumi[t] =
+            _mm256_add_epi32(sumi[t], dot_scaled(u, _mm256_sign_epi8(loadu(x[t][b].qs + 32 * ib), sg), scv));
     }
     plain_finish<T>(x, b, f16(blk.d) * 0.25f, sumi, acc);
   }
@@ -637,23 +651,25 @@ struct Block256<quant::IQ3_S> {
     for (int ib = 0; ib < 8; ++ib) {
       const uint8_t* q = blk.qs + 8 * ib;
       const int h = blk.qh[ib];
-      const int idx[8] = {q[0] | (h & 1) << 8,  q[1] | (h & 2) << 7,  q[2] | (h & 4) << 6,  q[3] | (h & 8) << 5,
-                          q[4] | (h & 16) << 4, q[5] | (h & 32) << 3, q[6] | (h & 64) << 2, q[7] | (h & 128) << 1};
+      const int idx[8] = {q[0] | (h & 1) << 8,  q[1] | (h & 2) << 7,  q[2] | (h & 4) << 6,
+                          q[3] | (h & 8) << 5,  q[4] | (h & 16) << 4, q[5] | (h & 32) << 3,
+                          q[6] | (h & 64) << 2, q[7] | (h & 128) << 1};
       const __m256i u = grid4x8(kGridIq3s, idx);
       const uint32_t signs = load_u32(blk.signs + 4 * ib);
       const int s = (blk.scales[ib / 2] >> (4 * (ib % 2))) & 0xF;
       const __m256i scv = _mm256_set1_epi16(int16_t(2 * s + 1));
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t)
-        sumi[t] = _mm256_add_epi32(sumi[t], dot_scaled(u, apply_sign_bits(loadu(x[t][b].qs + 32 * ib), signs), scv));
+        sumi[t] = _mm256_add_epi32(sumi[t],
+                                   dot_scaled(u, apply_sign_bits(loadu(x[t][b].qs + 32 * ib), signs), scv));
     }
     plain_finish<T>(x, b, f16(blk.d), sumi, acc);
   }
 };
 
 template <class Q, int T>
-FM_AVX2 void rows256(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes, float* y,
-                     int64_t ldy) {
+FM_AVX2 void rows256(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes,
+                     float* y, int64_t ldy) {
   constexpr uint64_t kBytes = sizeof(typename Q::Block);
   const int64_t n_blocks = w.cols / 256;
   const ActBlock256* x[T];
@@ -662,14 +678,15 @@ FM_AVX2 void rows256(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, 
     const std::byte* row = w.data + uint64_t(r) * w.row_bytes;
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n_blocks; ++b) Block256<Q>::template dot<T>(row + uint64_t(b) * kBytes, x, b, acc);
+    for (int64_t b = 0; b < n_blocks; ++b)
+      Block256<Q>::template dot<T>(row + uint64_t(b) * kBytes, x, b, acc);
     for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[t]);
   }
 }
 
 template <class Q>
-FM_AVX2 void quant_tile(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes, int n_tokens,
-                        float* y, int64_t ldy) {
+FM_AVX2 void quant_tile(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes,
+                        int n_tokens, float* y, int64_t ldy) {
   static_assert(kMaxTileTokens == 4);
   const auto rows = [&]<int T>() {
     if constexpr (Q::kBlock == 32)
@@ -701,7 +718,8 @@ FM_AVX2 inline float hmax(__m256 v) {
 
 // 8 values rounded as act_round: x * id to nearest even, NaN to -127, clamped to +-127.
 FM_AVX2 inline __m256i round8(const float* x, __m256 id) {
-  __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 v =
+      _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
   return _mm256_cvtps_epi32(v);
 }

@@ -48,7 +48,8 @@ struct IntCodec<quant::Q4_0> {
   static constexpr int kSub = 32;
   static void decode(const void* p, IntBlock<32, 32>& o) {
     const auto& b = quant::as_block<quant::Q4_0::Block>(p);
-    int_nibbles(b.qs, [](int q) { return q - 8; }, o.v);
+    int_nibbles(
+        b.qs, [](int q) { return q - 8; }, o.v);
     o.sc[0] = 1, o.mn[0] = 0, o.d = f16_to_f32(b.d), o.dm = 0.0f;
   }
 };
@@ -58,7 +59,8 @@ struct IntCodec<quant::Q4_1> {
   static constexpr int kSub = 32;
   static void decode(const void* p, IntBlock<32, 32>& o) {
     const auto& b = quant::as_block<quant::Q4_1::Block>(p);
-    int_nibbles(b.qs, [](int q) { return q; }, o.v);
+    int_nibbles(
+        b.qs, [](int q) { return q; }, o.v);
     o.sc[0] = 1, o.mn[0] = 1, o.d = f16_to_f32(b.d), o.dm = f16_to_f32(b.m);
   }
 };
@@ -106,7 +108,8 @@ struct IntCodec<quant::IQ4_NL> {
   static constexpr int kSub = 32;
   static void decode(const void* p, IntBlock<32, 32>& o) {
     const auto& b = quant::as_block<quant::IQ4_NL::Block>(p);
-    int_nibbles(b.qs, [](int q) { return quant::tables::kValuesIq4nl[q]; }, o.v);
+    int_nibbles(
+        b.qs, [](int q) { return quant::tables::kValuesIq4nl[q]; }, o.v);
     o.sc[0] = 1, o.mn[0] = 0, o.d = f16_to_f32(b.d), o.dm = 0.0f;
   }
 };
@@ -116,7 +119,8 @@ struct IntCodec<quant::MXFP4> {
   static constexpr int kSub = 32;
   static void decode(const void* p, IntBlock<32, 32>& o) {
     const auto& b = quant::as_block<quant::MXFP4::Block>(p);
-    int_nibbles(b.qs, [](int q) { return quant::tables::kValuesMxfp4[q]; }, o.v);
+    int_nibbles(
+        b.qs, [](int q) { return quant::tables::kValuesMxfp4[q]; }, o.v);
     o.sc[0] = 1, o.mn[0] = 0, o.d = quant::MXFP4::e8m0_half(b.e), o.dm = 0.0f;
   }
 };
@@ -148,7 +152,8 @@ struct IntCodec<quant::Q3_K> {
       const uint8_t* q = b.qs + 32 * (g / 8) + 16 * (g % 2);
       const uint8_t* hm = b.hmask + 16 * (g % 2);
       const int shift = 2 * ((g % 8) / 2), hbit = g / 2;
-      for (int l = 0; l < 16; ++l) o.v[16 * g + l] = int8_t(((q[l] >> shift) & 3) - (((hm[l] >> hbit) & 1) ? 0 : 4));
+      for (int l = 0; l < 16; ++l)
+        o.v[16 * g + l] = int8_t(((q[l] >> shift) & 3) - (((hm[l] >> hbit) & 1) ? 0 : 4));
     }
     o.d = f16_to_f32(b.d), o.dm = 0.0f;
   }
@@ -182,7 +187,8 @@ struct IntCodec<quant::Q5_K> {
       o.sc[j] = int16_t(sc), o.mn[j] = int16_t(m);
       const uint8_t* q = b.qs + 32 * (j / 2);
       const int shift = 4 * (j % 2);
-      for (int l = 0; l < 32; ++l) o.v[32 * j + l] = int8_t(((q[l] >> shift) & 0xF) | ((b.qh[l] >> j) & 1) << 4);
+      for (int l = 0; l < 32; ++l)
+        o.v[32 * j + l] = int8_t(((q[l] >> shift) & 0xF) | ((b.qh[l] >> j) & 1) << 4);
     }
     o.d = f16_to_f32(b.d), o.dm = -f16_to_f32(b.dmin);
   }
@@ -199,7 +205,8 @@ struct IntCodec<quant::Q6_K> {
       const uint8_t* ql = b.ql + 64 * h + r % 64;
       const uint8_t* qh = b.qh + 32 * h + r % 32;
       const int lshift = 4 * (r / 64), hshift = 2 * (r / 32);
-      for (int l = 0; l < 16; ++l) o.v[e0 + l] = int8_t((((ql[l] >> lshift) & 0xF) | ((qh[l] >> hshift) & 3) << 4) - 32);
+      for (int l = 0; l < 16; ++l)
+        o.v[e0 + l] = int8_t((((ql[l] >> lshift) & 0xF) | ((qh[l] >> hshift) & 3) << 4) - 32);
     }
     o.d = f16_to_f32(b.d), o.dm = 0.0f;
   }
@@ -222,8 +229,8 @@ struct IntCodec<quant::IQ2_XXS> {
       const uint32_t aux = quant::load_u32(b.qs + 8 * ib + 4);
       o.sc[ib] = int16_t(2 * (aux >> 28) + 1), o.mn[ib] = 0;
       for (int k = 0; k < 4; ++k)
-        int_signed_grid<8>(quant::tables::kGridIq2xxs[idx[k]], quant::tables::kSignsIq2xs[(aux >> (7 * k)) & 127],
-                           o.v + 32 * ib + 8 * k);
+        int_signed_grid<8>(quant::tables::kGridIq2xxs[idx[k]],
+                           quant::tables::kSignsIq2xs[(aux >> (7 * k)) & 127], o.v + 32 * ib + 8 * k);
     }
     o.d = f16_to_f32(b.d) * 0.125f, o.dm = 0.0f;
   }
@@ -294,7 +301,8 @@ struct IntCodec<quant::IQ3_S> {
         for (int half = 0; half < 2; ++half) {
           const int i = 2 * s + half;
           const int index = b.qs[i] | ((b.qh[i / 8] >> (i % 8)) & 1) << 8;
-          int_signed_grid<4>(quant::tables::kGridIq3s[index], uint8_t(b.signs[s] >> (4 * half)), o.v + 8 * s + 4 * half);
+          int_signed_grid<4>(quant::tables::kGridIq3s[index], uint8_t(b.signs[s] >> (4 * half)),
+                             o.v + 8 * s + 4 * half);
         }
       }
     }
@@ -310,7 +318,8 @@ struct IntCodec<quant::IQ4_XS> {
     for (int j = 0; j < 8; ++j) {
       const int ls = ((b.scales_l[j / 2] >> (4 * (j % 2))) & 0xF) | ((b.scales_h >> (2 * j)) & 3) << 4;
       o.sc[j] = int16_t(ls - 32), o.mn[j] = 0;
-      int_nibbles(b.qs + 16 * j, [](int q) { return quant::tables::kValuesIq4nl[q]; }, o.v + 32 * j);
+      int_nibbles(
+          b.qs + 16 * j, [](int q) { return quant::tables::kValuesIq4nl[q]; }, o.v + 32 * j);
     }
     o.d = f16_to_f32(b.d), o.dm = 0.0f;
   }
