@@ -8,6 +8,7 @@
 #include <set>
 
 #include "chat/jinja_ast.h"
+#include "tokenizer/utf8.h"
 
 namespace fm::jinja {
 namespace {
@@ -31,23 +32,7 @@ std::u32string decode(const std::string& s) {
 std::string encode(std::u32string_view s) {
   std::string out;
   out.reserve(s.size());
-  for (char32_t cp : s) {
-    if (cp < 0x80) {
-      out += char(cp);
-    } else if (cp < 0x800) {
-      out += char(0xC0 | (cp >> 6));
-      out += char(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += char(0xE0 | (cp >> 12));
-      out += char(0x80 | ((cp >> 6) & 0x3F));
-      out += char(0x80 | (cp & 0x3F));
-    } else {
-      out += char(0xF0 | (cp >> 18));
-      out += char(0x80 | ((cp >> 12) & 0x3F));
-      out += char(0x80 | ((cp >> 6) & 0x3F));
-      out += char(0x80 | (cp & 0x3F));
-    }
-  }
+  for (char32_t cp : s) utf8::append_code_point(out, uint32_t(cp));
   return out;
 }
 

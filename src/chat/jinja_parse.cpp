@@ -10,6 +10,7 @@
 #include <string>
 
 #include "chat/jinja_ast.h"
+#include "tokenizer/utf8.h"
 
 namespace fm::jinja {
 namespace {
@@ -38,23 +39,6 @@ std::string normalize_newlines(std::string_view s) {
   return out;
 }
 
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  }
-}
 
 class Lexer {
  public:
@@ -280,7 +264,7 @@ class Lexer {
                uint32_t(std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
         }
         j += size_t(n);
-        append_utf8(out, cp);
+        utf8::append_code_point(out, cp);
       };
       switch (e) {
         case 'n':
@@ -329,7 +313,7 @@ class Lexer {
             uint32_t cp = uint32_t(e - '0');
             for (int k = 0; k < 2 && j < src_.size() && src_[j] >= '0' && src_[j] <= '7'; ++k)
               cp = cp * 8 + uint32_t(src_[j++] - '0');
-            append_utf8(out, cp);
+            utf8::append_code_point(out, cp);
           } else {
             out += '\\';
             out += e;
