@@ -89,6 +89,23 @@ std::byte* quant_act_scratch(uint64_t bytes) {
 
 // Block-quantized weights: the activation rows are quantized once (quant_act.h), in parallel over
 // tokens, then the tiles take them with the same blocking and threading as the float kernels.
+// The weight rows split among the threads in chunks of at least kMinChunkBytes; for prefill, in
+// blocks of about kBlockBytes so a block stays in cache across token tiles of kMaxTileTokens.
+// fn(b0, b1, t0, tile) computes rows [b0, b1) for tokens [t0, t0 + tile).
+template <class Fn>
+void for_each_tile(const Mat& w, int n, ThreadPool& pool, const Fn& fn) {
+  const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
+  const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
+  const int64_t block_rows =
+      n <= kMaxTileTokens ? w.rows : std::max<int64_t>(8, int64_t(kBlockBytes / row_bytes));
+  pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
+      const int64_t b1 = std::min(r1, b0 + block_rows);
+      for (int t0 = 0; t0 < n; t0 += kMaxTileTokens) fn(b0, b1, t0, std::min(kMaxTileTokens, n - t0));
+    }
+  });
+}
+
 void matmul_quant(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
   const detail::QuantKernel kernel =
       use_avx2() ? detail::avx2_quant_kernel(w.dtype) : detail::scalar_quant_kernel(w.dtype);
@@ -97,19 +114,9 @@ void matmul_quant(const Mat& w, const float* x, int n, float* y, ThreadPool& poo
   pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) kernel.quantize_act(x + t * w.cols, w.cols, xq + uint64_t(t) * act_row_bytes);
   });
-  const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
-  const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
-  const int64_t block_rows =
-      n <= kMaxTileTokens ? w.rows : std::max<int64_t>(8, int64_t(kBlockBytes / row_bytes));
   const int64_t ldy = w.rows;
-  pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
-      const int64_t b1 = std::min(r1, b0 + block_rows);
-      for (int t0 = 0; t0 < n; t0 += kMaxTileTokens) {
-        const int tile = std::min(kMaxTileTokens, n - t0);
-        kernel.tile(w, b0, b1, xq + uint64_t(t0) * act_row_bytes, act_row_bytes, tile, y + int64_t(t0) * ldy, ldy);
-      }
-    }
+  for_each_tile(w, n, pool, [&](int64_t b0, int64_t b1, int t0, int tile) {
+    kernel.tile(w, b0, b1, xq + uint64_t(t0) * act_row_bytes, act_row_bytes, tile, y + int64_t(t0) * ldy, ldy);
   });
 }
 
@@ -146,20 +153,9 @@ void matmul(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
                                                       : detail::scalar_mlx_tile_kernel(w.dtype))
                             : use_avx2() ? detail::avx2_tile_kernel(w.dtype)
                                          : scalar_tile_kernel(w.dtype);
-  const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
-  const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
-  const int64_t block_rows =
-      n <= kMaxTileTokens ? w.rows : std::max<int64_t>(8, int64_t(kBlockBytes / row_bytes));
   const int64_t ldy = w.rows;
-
-  pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
-      const int64_t b1 = std::min(r1, b0 + block_rows);
-      for (int t0 = 0; t0 < n; t0 += kMaxTileTokens) {
-        const int tile = std::min(kMaxTileTokens, n - t0);
-        kernel(w, b0, b1, x + int64_t(t0) * w.cols, tile, y + int64_t(t0) * ldy, ldy);
-      }
-    }
+  for_each_tile(w, n, pool, [&](int64_t b0, int64_t b1, int t0, int tile) {
+    kernel(w, b0, b1, x + int64_t(t0) * w.cols, tile, y + int64_t(t0) * ldy, ldy);
   });
 }
 
