@@ -43,18 +43,47 @@ const Preset& find_preset(const std::string& name) {
   fail("unknown model shape '{}' (known: {})", name, fmt::join(synth_presets(), ", "));
 }
 
+class Xorshift {
+ public:
+  explicit Xorshift(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s_ ^= s_ << 13, s_ ^= s_ >> 7, s_ ^= s_ << 17;
+    return s_;
+  }
+  float uniform() { return float(int32_t(uint32_t(next() >> 32))) * (1.0f / 2147483648.0f); }  // [-1, 1)
+
+ private:
+  uint64_t s_;
+};
+
+// Prints "synth: done / total GB (p%)" on stderr each time the percentage changes.
+class Progress {
+ public:
+  void add(uint64_t bytes, uint64_t total) {
+    done_ += bytes;
+    const int percent = int(100.0 * double(done_) / double(total));
+    if (percent == shown_) return;
+    shown_ = percent;
+    std::fprintf(stderr, "\rsynth: %.2f / %.2f GB (%d%%)", double(done_) / 1e9, double(total) / 1e9, percent);
+  }
+  ~Progress() { std::fprintf(stderr, "\n"); }
+
+ private:
+  uint64_t done_ = 0;
+  int shown_ = -1;
+};
+
 // Fast reproducible uniform values in [-scale, scale], converted to the stored type in chunks.
 class RandomFill {
  public:
-  explicit RandomFill(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  explicit RandomFill(uint64_t seed) : rng_(seed) {}
   void write(SafetensorsWriter& out, DType dtype, uint64_t count, float scale, float offset) {
     const size_t esize = size_t(dtype_info(dtype).block_bytes);
     buf_.resize(kChunk * esize);
     while (count > 0) {
       const uint64_t n = std::min<uint64_t>(count, kChunk);
       for (uint64_t i = 0; i < n; ++i) {
-        s_ ^= s_ << 13, s_ ^= s_ >> 7, s_ ^= s_ << 17;
-        const float v = offset + scale * (float(int32_t(uint32_t(s_ >> 32))) * (1.0f / 2147483648.0f));
+        const float v = offset + scale * rng_.uniform();
         if (dtype == DType::F32) std::memcpy(&buf_[i * 4], &v, 4);
         else {
           const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
@@ -68,7 +97,7 @@ class RandomFill {
 
  private:
   static constexpr uint64_t kChunk = 1 << 20;
-  uint64_t s_;
+  Xorshift rng_;
   std::vector<unsigned char> buf_;
 };
 
@@ -164,21 +193,15 @@ uint64_t write_synthetic_model(const std::filesystem::path& dir, const SynthOpti
   for (const Spec& s : specs) out.declare(s.name, s.is_float32 ? DType::F32 : o.dtype, s.shape);
   out.begin_data();
   RandomFill rng(o.seed);
-  uint64_t done = 0;
-  int shown = -1;
-  for (const Spec& s : specs) {
-    uint64_t n = 1;
-    for (int64_t d : s.shape) n *= uint64_t(d);
-    rng.write(out, s.is_float32 ? DType::F32 : o.dtype, n, s.scale, s.offset);
-    done += n * uint64_t(dtype_info(s.is_float32 ? DType::F32 : o.dtype).block_bytes);
-    const int percent = int(100.0 * double(done) / double(out.data_bytes()));
-    if (percent != shown) {
-      shown = percent;
-      std::fprintf(stderr, "\rsynth: %.2f / %.2f GB (%d%%)", double(done) / 1e9, double(out.data_bytes()) / 1e9,
-                   percent);
+  {
+    Progress progress;
+    for (const Spec& s : specs) {
+      uint64_t n = 1;
+      for (int64_t d : s.shape) n *= uint64_t(d);
+      rng.write(out, s.is_float32 ? DType::F32 : o.dtype, n, s.scale, s.offset);
+      progress.add(n * uint64_t(dtype_info(s.is_float32 ? DType::F32 : o.dtype).block_bytes), out.data_bytes());
     }
   }
-  std::fprintf(stderr, "\n");
   out.finish();
 
   const std::filesystem::path cfg_path = dir / "config.json";
@@ -254,18 +277,6 @@ std::vector<GgufSpec> gguf_specs(const std::vector<Spec>& hf, const SynthOptions
   return out;
 }
 
-class Xorshift {
- public:
-  explicit Xorshift(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s_ ^= s_ << 13, s_ ^= s_ >> 7, s_ ^= s_ << 17;
-    return s_;
-  }
-  float uniform() { return float(int32_t(uint32_t(next() >> 32))) * (1.0f / 2147483648.0f); }  // [-1, 1)
-
- private:
-  uint64_t s_;
-};
 
 }  // namespace
 
@@ -290,8 +301,7 @@ uint64_t write_synthetic_gguf(const std::filesystem::path& file, const SynthOpti
   Xorshift rng(o.seed);
   std::vector<float> row;
   std::vector<std::byte> pool, chunk;
-  uint64_t done = 0;
-  int shown = -1;
+  Progress progress;
   for (const GgufSpec& s : specs) {
     const int64_t cols = s.shape.back();
     int64_t rows = 1;
@@ -317,16 +327,9 @@ uint64_t write_synthetic_gguf(const std::filesystem::path& file, const SynthOpti
         std::memcpy(chunk.data() + uint64_t(r) * row_bytes,
                     pool.data() + uint64_t((r0 + r) * 7919 % pool_rows) * row_bytes, row_bytes);
       out.append(chunk.data(), uint64_t(n) * row_bytes);
-      done += uint64_t(n) * row_bytes;
-      const int percent = int(100.0 * double(done) / double(out.data_bytes()));
-      if (percent != shown) {
-        shown = percent;
-        std::fprintf(stderr, "\rsynth: %.2f / %.2f GB (%d%%)", double(done) / 1e9, double(out.data_bytes()) / 1e9,
-                     percent);
-      }
+      progress.add(uint64_t(n) * row_bytes, out.data_bytes());
     }
   }
-  std::fprintf(stderr, "\n");
   out.finish();
   return out.data_bytes();
 }
