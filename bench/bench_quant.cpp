@@ -1,5 +1,5 @@
 // Decode matvec (one token) over block-quantized weights, per format: weights per second
-// (items = rows * cols per call) for a 4096 x 14336 matrix on 1 and 2 threads, the shape of
+// (items = rows * cols per call) for a 4096 x 14336 matrix on 1, 2, 4, 8 and 16 threads, the shape of
 // llama.cpp's `test-backend-ops perf -o MUL_MAT` cases (m = 4096, k = 14336, n = 1), so the two can be
 // compared on the same machine (docs/benchmarks.md). The matrix (15 to 62 MB depending on the
 // format) is reused every call. F16 and BF16 take the float path on the same shape.
@@ -81,11 +81,41 @@ void BM_matvec_float(benchmark::State& state) {
   state.SetLabel(fm::cpu::matmul_isa());
 }
 
+// MLX affine 4-bit (group 64, BF16 scales and biases, as mlx-community checkpoints), same shape.
+void BM_matvec_MLX4(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  constexpr int64_t kGroup = 64;
+  std::mt19937 rng(1);
+  std::vector<std::byte> levels(static_cast<size_t>(kRows * kCols / 2));
+  for (auto& b : levels) b = std::byte(rng() & 0xFF);
+  std::vector<uint16_t> scales(static_cast<size_t>(kRows * kCols / kGroup)), biases(scales.size());
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f), bias(-0.5f, 0.5f);
+  for (size_t i = 0; i < scales.size(); ++i)
+    scales[i] = fm::f32_to_bf16(scale(rng)), biases[i] = fm::f32_to_bf16(bias(rng));
+  fm::Mat w{fm::DType::MLX4, kRows, kCols, levels.data(), uint64_t(kCols / 2)};
+  w.mlx = fm::MlxGroups{reinterpret_cast<const std::byte*>(scales.data()),
+                        reinterpret_cast<const std::byte*>(biases.data()), uint64_t(kCols / kGroup) * 2,
+                        fm::DType::BF16, int(kGroup)};
+  std::vector<float> x(static_cast<size_t>(kCols), 0.5f), y(static_cast<size_t>(kRows));
+  fm::ThreadPool pool(threads);
+  for (auto _ : state) {
+    fm::cpu::matmul(w, x.data(), 1, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * kRows * kCols);
+  state.SetLabel(fm::cpu::matmul_isa());
+}
+BENCHMARK(BM_matvec_MLX4)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->MinWarmUpTime(0.2);
+
 BENCHMARK_TEMPLATE(BM_matvec_float, fm::DType::F16)
     ->Name("BM_matvec_F16")
     ->ArgName("threads")
     ->Arg(1)
     ->Arg(2)
+    ->Arg(4)
+    ->Arg(8)
+    ->Arg(16)
     ->UseRealTime()
     ->MinWarmUpTime(0.2);
 BENCHMARK_TEMPLATE(BM_matvec_float, fm::DType::BF16)
@@ -93,6 +123,9 @@ BENCHMARK_TEMPLATE(BM_matvec_float, fm::DType::BF16)
     ->ArgName("threads")
     ->Arg(1)
     ->Arg(2)
+    ->Arg(4)
+    ->Arg(8)
+    ->Arg(16)
     ->UseRealTime()
     ->MinWarmUpTime(0.2);
 
@@ -102,6 +135,9 @@ BENCHMARK_TEMPLATE(BM_matvec_float, fm::DType::BF16)
       ->ArgName("threads")                          \
       ->Arg(1)                                      \
       ->Arg(2)                                      \
+      ->Arg(4)                                      \
+      ->Arg(8)                                      \
+      ->Arg(16)                                     \
       ->UseRealTime()                               \
       ->MinWarmUpTime(0.2)
 

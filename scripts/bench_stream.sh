@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A model larger than memory, for real: a Qwen3.5-397B-shaped synthetic GGUF (N layers, Q4_K
-# experts, Q8_0 dense) run under a cgroup (v1) memory limit -- the page cache counts against it --
+# experts, Q8_0 dense) run under a cgroup (v1 or v2) memory limit -- the page cache counts against it --
 # by flashmoe (experts streamed, --mem-budget = the limit) and by llama.cpp (mmap, as users run
 # it), same file, same threads, caches dropped before each; with the disk floor flashmoe measures
 # in the same run for the bytes it read. Needs root (cgroup, drop_caches).
@@ -27,25 +27,37 @@ fi
 model_bytes=$(stat -c %s "$model")
 limit=$((limit_gb * 1024 * 1024 * 1024))
 
-cg=/sys/fs/cgroup/memory/flashmoe_bench_$$
-mkdir "$cg"
-trap 'rmdir "$cg" 2>/dev/null || true' EXIT
-echo "$limit" > "$cg/memory.limit_in_bytes"
-# Runs a command inside the cgroup after dropping the page cache; records the group's peak usage.
+# cgroup v1 (memory controller mounted at /sys/fs/cgroup/memory) or v2 (unified hierarchy): one
+# fresh group per engine, so each peak is its own.
+if [ -d /sys/fs/cgroup/memory ]; then
+  cg_root=/sys/fs/cgroup/memory limit_file=memory.limit_in_bytes peak_file=memory.max_usage_in_bytes
+else
+  cg_root=/sys/fs/cgroup limit_file=memory.max peak_file=memory.peak
+  grep -qw memory "$cg_root/cgroup.subtree_control" || echo +memory > "$cg_root/cgroup.subtree_control"
+fi
+groups=()
+trap 'for g in "${groups[@]}"; do rmdir "$g" 2>/dev/null || true; done' EXIT
+# Runs a command inside a new group after dropping the page cache; its peak usage goes to $peak.
 in_cgroup() {
+  local name=$1
+  shift
+  local cg=$cg_root/flashmoe_bench_$$_$name
+  mkdir "$cg"
+  groups+=("$cg")
+  echo "$limit" > "$cg/$limit_file"
   sync
   echo 3 > /proc/sys/vm/drop_caches
-  echo 0 > "$cg/memory.max_usage_in_bytes" 2>/dev/null || true
   sh -c 'echo $$ > "$0/cgroup.procs"; shift; exec "$@"' "$cg" - "$@"
+  peak=$(cat "$cg/$peak_file")
 }
 
 echo "model $(basename "$model"): $((model_bytes / 1000000)) MB; cgroup limit ${limit_gb} GiB; $threads threads" >&2
-in_cgroup "$flashmoe" bench -m "$model" -n "$n_decode" --prompt-len 4 --ctx 64 --batch 4 -t "$threads" \
+in_cgroup flashmoe "$flashmoe" bench -m "$model" -n "$n_decode" --prompt-len 4 --ctx 64 --batch 4 -t "$threads" \
   --mem-budget "${limit_gb}G" --direct-io --io-threads 4 --io-split 2 --json "$out/flashmoe.json" > /dev/null
-fm_peak=$(cat "$cg/memory.max_usage_in_bytes")
+fm_peak=$peak
 # mmap, no repacking into anonymous memory: the way llama.cpp runs a model larger than RAM.
-in_cgroup "$llama_bin/llama-bench" -m "$model" -p 0 -n "$n_decode" -t "$threads" -r 1 -lm mmap --repack 0 -o json > "$out/llama.json"
-ll_peak=$(cat "$cg/memory.max_usage_in_bytes")
+in_cgroup llama "$llama_bin/llama-bench" -m "$model" -p 0 -n "$n_decode" -t "$threads" -r 1 -lm mmap --repack 0 -o json > "$out/llama.json"
+ll_peak=$peak
 
 python3 - "$out/flashmoe.json" "$out/llama.json" "$fm_peak" "$ll_peak" "$model_bytes" "$limit" <<'EOF'
 import json, sys

@@ -4,8 +4,9 @@
 set -euo pipefail
 packages=(build-essential cmake pkg-config libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
           libcli11-dev libfmt-dev libpcre2-dev liburing-dev libcpp-httplib-dev libreadline-dev libutf8proc-dev
-          zlib1g-dev tmux
+          zlib1g-dev tmux libcairo2-dev
           clang libclang-rt-14-dev
+          chromium  # chromium: the chat page test of flashmoe serve (headless)
           diatheke)  # diatheke: scripts/get_corpus.sh reads the evaluation text's SWORD modules with it
 missing=()
 for p in "${packages[@]}"; do
@@ -16,4 +17,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+# The openai client: the tests of flashmoe serve talk to it with the official Python package.
+if ! python3 -c "import openai" 2>/dev/null; then
+  python3 -m pip install --break-system-packages -q openai
 fi

@@ -29,6 +29,7 @@ struct BenchArgs {
   EngineArgs engine;
   int n_decode = 16;
   int prompt_len = 64;
+  int batch = 1;  // sequences decoded together, one token each per step (Transformer::decode_batch)
   std::string json;
   uint64_t seed = 1;
 };
@@ -58,14 +59,12 @@ void touch_dense(const ModelWeights& weights, ThreadPool& pool) {
 }
 
 // The disk floor for what streaming read: the model file read with the same options and read sizes,
-// before anything of it is cached.
-double measure_disk_floor(const Model& model, const TransformerOptions& t, uint64_t read_size) {
+// before anything of it is cached, at the best of several concurrency levels.
+io::DiskFloor measure_disk_floor(const Model& model, const TransformerOptions& t, uint64_t read_size) {
   std::string path;
   uint64_t offset = 0;
-  if (!model.tensors->locate(model.weights.embed.data, &path, &offset)) return 0.0;
-  io::IoOptions io = t.stream.io;
-  const int count = int(std::clamp<uint64_t>((1ull << 30) / std::max<uint64_t>(read_size, 1), 32, 1024));
-  return io::measure_read_bandwidth(path, read_size, count, io);
+  if (!model.tensors->locate(model.weights.embed.data, &path, &offset)) return {};
+  return io::measure_disk_floor(path, read_size, 1ull << 30, t.stream.io);
 }
 
 void bench(const BenchArgs& a) {
@@ -74,6 +73,7 @@ void bench(const BenchArgs& a) {
   CpuBackend backend(resolve_threads(a.engine.threads));
   EngineArgs engine = a.engine;
   engine.transformer.max_context = std::max(engine.transformer.max_context, a.prompt_len + a.n_decode + 1);
+  engine.transformer.max_batch = std::max(engine.transformer.max_batch, a.batch);
   resolve_streaming(engine, *model);
   const TransformerOptions& topt = engine.transformer;
   const bool streaming = topt.stream_experts;
@@ -83,10 +83,13 @@ void bench(const BenchArgs& a) {
   uint64_t part_bytes = 0;
   for (const LayerWeights& L : model->weights.layers)
     if (L.is_moe) part_bytes = std::max(part_bytes, L.moe.experts[0].gate.nbytes());
-  const double disk_bw = streaming ? measure_disk_floor(*model, topt, part_bytes) : 0.0;
+  const io::DiskFloor disk_floor = streaming ? measure_disk_floor(*model, topt, part_bytes) : io::DiskFloor{};
+  const double disk_bw = disk_floor.bytes_s;
 
   Transformer transformer(*model, backend, topt);
-  SequenceState state = transformer.new_sequence();
+  const int B = a.batch;
+  std::vector<SequenceState> states;
+  for (int b = 0; b < B; ++b) states.push_back(transformer.new_sequence());
   const double load_s = seconds_since(t_load);
 
   // Before the weights are warmed, so that its buffer (smaller under a memory budget) does not
@@ -102,14 +105,19 @@ void bench(const BenchArgs& a) {
     touch_dense(model->weights, backend.pool());
   }
 
+  // Each sequence its own random prompt; with --batch N, N sequences decode together.
   std::mt19937 rng(uint32_t(a.seed));
   std::vector<int32_t> prompt(size_t(a.prompt_len));
-  for (int32_t& t : prompt) t = int32_t(rng() % uint32_t(c.vocab_size));
-  std::vector<float> logits(size_t(c.vocab_size));
+  const int64_t V = c.vocab_size;
+  std::vector<float> logits(size_t(B) * size_t(V));
 
   auto t0 = std::chrono::steady_clock::now();
-  transformer.forward(state, prompt, logits.data(), false);
+  for (int b = 0; b < B; ++b) {
+    for (int32_t& t : prompt) t = int32_t(rng() % uint32_t(c.vocab_size));
+    transformer.forward(states[size_t(b)], prompt, logits.data() + b * V, false);
+  }
   const double prefill_s = seconds_since(t0);
+  const int64_t prefill_tokens = int64_t(a.prompt_len) * B;
 
   ExpertStore* store = transformer.expert_store();
   const uint64_t bytes0 = transformer.weight_bytes_read();
@@ -117,13 +125,21 @@ void bench(const BenchArgs& a) {
   const ExpertStoreStats s0 = store ? store->stats() : ExpertStoreStats{};
   const PhaseTimes p0 = transformer.phase_times();
   const PredictorStats la0 = transformer.lookahead_stats(), tp0 = transformer.temporal_stats();
+  std::vector<SequenceState*> batch;
+  for (SequenceState& s : states) batch.push_back(&s);
+  std::vector<int32_t> next(static_cast<size_t>(B));
   t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < a.n_decode; ++i) {
-    const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    transformer.forward(state, std::span<const int32_t>(&next, 1), logits.data(), false);
+    for (int b = 0; b < B; ++b)
+      next[size_t(b)] = int32_t(std::max_element(logits.begin() + b * V, logits.begin() + (b + 1) * V) -
+                                (logits.begin() + b * V));
+    if (B == 1)
+      transformer.forward(states[0], next, logits.data(), false);
+    else
+      transformer.decode_batch(batch, next, logits.data());
   }
   const double decode_s = seconds_since(t0);
-  const double n = a.n_decode;
+  const double n = double(a.n_decode) * B;  // tokens decoded, all sequences together
   const double bytes_per_token = double(transformer.weight_bytes_read() - bytes0) / n;
   const PhaseTimes& p1 = transformer.phase_times();
   const double ms = 1000.0 / n;
@@ -135,10 +151,12 @@ void bench(const BenchArgs& a) {
       {"threads", backend.pool().size()},
       {"matmul_isa", cpu::matmul_isa()},
       {"load_s", load_s},
-      {"prefill_tokens", a.prompt_len},
-      {"prefill_tok_s", a.prompt_len / prefill_s},
-      {"decode_tokens", a.n_decode},
+      {"batch", B},
+      {"prefill_tokens", prefill_tokens},
+      {"prefill_tok_s", double(prefill_tokens) / prefill_s},
+      {"decode_tokens", int64_t(a.n_decode) * B},
       {"decode_tok_s", decode_tps},
+      {"decode_step_ms", 1000.0 * decode_s / a.n_decode},
       {"bytes_read_per_token", bytes_per_token},
       {"read_bandwidth_bytes_s", bandwidth},
       {"memory_floor_tok_s", floor_tps},
@@ -174,6 +192,7 @@ void bench(const BenchArgs& a) {
     j["expert_cache_slots"] = store->slots();
     j["disk_bytes_read_per_token"] = disk_bytes;
     j["disk_bandwidth_bytes_s"] = disk_bw;
+    j["disk_floor_reads_in_flight"] = disk_floor.in_flight;
     j["disk_floor_tok_s"] = disk_floor_tps;
     j["fraction_of_disk_floor"] = disk_floor_tps > 0 ? decode_tps / disk_floor_tps : 0.0;
     j["io_wait_ms_per_token"] = wait_ms;
@@ -202,10 +221,10 @@ void bench(const BenchArgs& a) {
   j["peak_rss_bytes"] = peak_rss_bytes();
   std::printf("%s\n", j.dump(2).c_str());
   std::fprintf(stderr,
-               "decode %.2f tok/s | %.1f MB of weights per token at %.2f GB/s | memory floor %.2f tok/s (read "
+               "decode %.2f tok/s%s | %.1f MB of weights per token at %.2f GB/s | memory floor %.2f tok/s (read "
                "bandwidth %.2f GB/s) | %.0f%% of floor | prefill %.1f tok/s%s\n",
-               decode_tps, bytes_per_token / 1e6, bytes_per_token * decode_tps / 1e9, floor_tps, bandwidth / 1e9,
-               100.0 * decode_tps / floor_tps, a.prompt_len / prefill_s, stream_line.c_str());
+               decode_tps, B > 1 ? fmt::format(" ({} sequences together)", B).c_str() : "", bytes_per_token / 1e6, bytes_per_token * decode_tps / 1e9, floor_tps, bandwidth / 1e9,
+               100.0 * decode_tps / floor_tps, double(prefill_tokens) / prefill_s, stream_line.c_str());
   if (!a.json.empty()) {
     const std::string tmp = a.json + ".partial";
     std::ofstream f(tmp);
@@ -224,6 +243,10 @@ void add_bench(CLI::App& app) {
   add_engine_options(*cmd, args->engine);
   cmd->add_option("-n,--n-decode", args->n_decode, "Decoding steps to time")->check(CLI::PositiveNumber);
   cmd->add_option("--prompt-len", args->prompt_len, "Prompt tokens (random ids) to prefill")->check(CLI::PositiveNumber);
+  // Not --batch: the engine options use it for the prompt tokens per forward pass.
+  cmd->add_option("--sequences", args->batch,
+                  "Sequences decoded together, one token each per step (one prompt each); tok/s counts them all")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--seed", args->seed, "Seed of the random prompt");
   cmd->add_option("--json", args->json, "Also write the results to this JSON file");
   cmd->callback([args] { bench(*args); });

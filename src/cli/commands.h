@@ -10,5 +10,8 @@ void add_bench(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_chat(CLI::App& app);
+void add_serve(CLI::App& app);
+void add_tune(CLI::App& app);
+void add_perplexity(CLI::App& app);
 
 }  // namespace fm::cli

@@ -12,6 +12,9 @@ int main(int argc, char** argv) {
   fm::cli::add_convert(app);
   fm::cli::add_tokenize(app);
   fm::cli::add_chat(app);
+  fm::cli::add_serve(app);
+  fm::cli::add_tune(app);
+  fm::cli::add_perplexity(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

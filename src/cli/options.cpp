@@ -4,12 +4,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
 
 #include "stream/memory_plan.h"
+#include "tune/config_file.h"
 
 #include "util/error.h"
 #include "util/sysinfo.h"
@@ -28,6 +30,33 @@ std::vector<std::string> split_list(const std::string& text) {
     pos = end + 1;
   }
   return out;
+}
+
+// The options a configuration file may set: those add_engine_options adds, by their long names.
+constexpr const char* kConfigKeys[] = {"model",      "threads",      "ctx",        "batch",     "moe-top-k",
+                                       "stream",     "mem-budget",   "expert-cache", "io-threads", "io-split",
+                                       "direct-io",  "io-backend",   "cache-policy", "predict"};
+
+// Gives each option of the file that the command line left unset the file's value, through the
+// option's own parsing and checks.
+void apply_config_file(CLI::App& cmd, EngineArgs& args) {
+  const std::string& file = args.config;
+  for (const tune::ConfigEntry& e : tune::read_config_file(file)) {
+    const bool known = std::find(std::begin(kConfigKeys), std::end(kConfigKeys), e.key) != std::end(kConfigKeys);
+    CLI::Option* opt = known ? cmd.get_option_no_throw("--" + e.key) : nullptr;
+    if (!opt)
+      fail("{}:{}: unknown key '{}' (known: {})", file, e.line, e.key, fmt::join(kConfigKeys, ", "));
+    if (opt->count() > 0) continue;  // given on the command line
+    try {
+      opt->add_result(e.value);
+      opt->run_callback();
+    } catch (const CLI::Error& err) {
+      fail("{}:{}: {} = {}: {}", file, e.line, e.key, e.value, err.what());
+    } catch (const Error& err) {
+      fail("{}:{}: {}", file, e.line, err.what());
+    }
+    args.from_config.push_back(e.key);
+  }
 }
 
 }  // namespace
@@ -64,8 +93,12 @@ void add_engine_options(CLI::App& cmd, EngineArgs& args) {
   cmd.add_option("-m,--model", args.model,
                  "Model: a Hugging Face folder (config.json + safetensors) or a .gguf file (default: the "
                  "embedded default model)");
+  cmd.add_option("--config", args.config,
+                 "Read options from this file: 'key = value' lines with the long option names, as flashmoe "
+                 "tune writes them; the command line overrides it");
   // Without -m, the embedded default model; resolved once the command line is parsed.
-  cmd.parse_complete_callback([&args] {
+  cmd.parse_complete_callback([&args, &cmd] {
+    if (!args.config.empty()) apply_config_file(cmd, args);
     if (args.model.empty()) args.model = default_model_path().string();
   });
   cmd.add_option("-t,--threads", args.threads, "Compute threads (default: all hardware threads)")
@@ -91,7 +124,7 @@ void add_engine_options(CLI::App& cmd, EngineArgs& args) {
       ->check(CLI::Range(1, 64));
   g->add_flag("--direct-io", args.transformer.stream.io.direct, "Read experts with O_DIRECT (no page cache)");
   g->add_option("--io-backend", args.io_backend, "pread or uring")->check(CLI::IsMember({"pread", "uring"}));
-  g->add_option("--cache-policy", args.cache_policy, "Expert cache eviction: lru or lfu")
+  g->add_option("--cache-policy", args.cache_policy, "Expert cache eviction: lfu (default) or lru")
       ->check(CLI::IsMember({"lru", "lfu"}));
   g->add_option("--predict", args.predict,
                 "Expert predictors to prefetch with: lookahead, temporal, both (comma-separated) or none");

@@ -64,4 +64,18 @@ double measure_read_bandwidth(const std::string& path, uint64_t read_size, int c
   return double(read_size) * count / std::max(seconds, 1e-9);
 }
 
+DiskFloor measure_disk_floor(const std::string& path, uint64_t read_size, uint64_t bytes, const IoOptions& options) {
+  const int count = int(std::clamp<uint64_t>(bytes / std::max<uint64_t>(read_size, 1), 32, 4096));
+  DiskFloor best;
+  const int base = std::max(1, options.threads);
+  for (const int threads : {base, 2 * base, 4 * base}) {
+    if (threads > std::max(base, 64)) break;
+    IoOptions o = options;
+    o.threads = threads;
+    const double bw = measure_read_bandwidth(path, read_size, count, o);
+    if (bw > best.bytes_s) best = {.bytes_s = bw, .in_flight = threads};
+  }
+  return best;
+}
+
 }  // namespace fm::io

@@ -137,4 +137,14 @@ class IoEngine {
 double measure_read_bandwidth(const std::string& path, uint64_t read_size, int count,
                               const IoOptions& options);
 
+// The disk's best for reads of read_size bytes: measure_read_bandwidth with options.threads, twice and
+// four times as many reads in flight (at most 64), about `bytes` read at each level; the fastest
+// level wins. An upper bound for what streaming with these read sizes can reach, whatever its
+// concurrency: the floor a decode speed is compared with.
+struct DiskFloor {
+  double bytes_s = 0;
+  int in_flight = 0;  // reads in flight at the fastest level
+};
+DiskFloor measure_disk_floor(const std::string& path, uint64_t read_size, uint64_t bytes, const IoOptions& options);
+
 }  // namespace fm::io

@@ -66,14 +66,15 @@ Transformer::Transformer(const Model& model, Backend& backend, const Transformer
     store_ = std::make_unique<ExpertStore>(model_, options_.stream, top_k_);
     last_used_.resize(size_t(c.num_layers));
     lookahead_.resize(size_t(c.num_layers));
-    pred_xn_.resize(H);
-    pred_router_.resize(size_t(std::max(c.num_experts, 1)));
+    const size_t E = size_t(std::max(c.num_experts, 1));
+    pred_xn_.resize(n * H);
+    pred_router_.resize(n * E);
     pred_ids_.resize(k);
     pred_w_.resize(k);
-    used_.reserve(size_t(std::max(c.num_experts, 1)));
-    pending_.reserve(size_t(std::max(c.num_experts, 1)));
-    for (auto& v : last_used_) v.reserve(k);
-    for (auto& v : lookahead_) v.reserve(k);
+    used_.reserve(E);
+    pending_.reserve(E);
+    for (auto& v : last_used_) v.reserve(E);  // a batch of decode steps uses up to n * k experts
+    for (auto& v : lookahead_) v.reserve(E);
   }
   x_.resize(n * H);
   xn_.resize(n * H);
@@ -95,6 +96,10 @@ Transformer::Transformer(const Model& model, Backend& backend, const Transformer
   expert_out_.resize(n * k * H);
   shared_g_.resize(n);
   positions_.resize(n);
+  if (std::count(c.layer_kinds.begin(), c.layer_kinds.end(), LayerKind::FullAttention) > 0) {
+    k_new_.resize(n * size_t(c.num_kv_heads) * size_t(c.head_dim));
+    v_new_.resize(k_new_.size());
+  }
 }
 
 SequenceState Transformer::new_sequence() const {
@@ -152,32 +157,8 @@ void Transformer::forward_chunk(SequenceState& state, const int32_t* tokens, int
   const ModelWeights& w = model_.weights;
   const int H = c.hidden_size;
   for (int t = 0; t < n; ++t) positions_[size_t(t)] = state.n_past + t;
-
-  be_.embed(w.embed, tokens, n, x_.data());
-  weight_bytes_read_ += uint64_t(n) * w.embed.row_bytes;
-  if (layer_observer) layer_observer(-1, x_.data(), n);
   const double t_start = now_s();
-  for (int l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& L = w.layers[size_t(l)];
-    const double t0 = now_s();
-    be_.rms_norm(x_.data(), L.input_norm.data(), n, H, c.rms_norm_eps, xn_.data());
-    if (L.kind == LayerKind::FullAttention)
-      attention_block(l, state, n);
-    else
-      deltanet_block(l, state, n);
-    for (size_t i = 0; i < size_t(n) * H; ++i) x_[i] += y_[i];
-    const double t1 = now_s();
-    times_.mixer += t1 - t0;
-
-    be_.rms_norm(x_.data(), L.post_norm.data(), n, H, c.rms_norm_eps, xn_.data());
-    if (L.is_moe)
-      moe_block(l, n);
-    else
-      ffn(L.mlp, xn_.data(), n, c.intermediate_size, y_.data());
-    for (size_t i = 0; i < size_t(n) * H; ++i) x_[i] += y_[i];
-    times_.moe += now_s() - t1;
-    if (layer_observer) layer_observer(l, x_.data(), n);
-  }
+  run_layers(tokens, n, Rows{.one = &state});
   state.n_past += n;
 
   if (logits) {
@@ -191,6 +172,37 @@ void Transformer::forward_chunk(SequenceState& state, const int32_t* tokens, int
   }
   times_.total += now_s() - t_start;
   if (store_) times_.io_wait = store_->stats().wait_seconds;
+}
+
+void Transformer::run_layers(const int32_t* tokens, int n, const Rows& rows) {
+  const ModelConfig& c = model_.config;
+  const ModelWeights& w = model_.weights;
+  const int H = c.hidden_size;
+  be_.embed(w.embed, tokens, n, x_.data());
+  weight_bytes_read_ += uint64_t(n) * w.embed.row_bytes;
+  if (layer_observer) layer_observer(-1, x_.data(), n);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& L = w.layers[size_t(l)];
+    const double t0 = now_s();
+    be_.rms_norm(x_.data(), L.input_norm.data(), n, H, c.rms_norm_eps, xn_.data());
+    const bool attention = L.kind == LayerKind::FullAttention;
+    if (rows.decode())
+      attention ? attention_batch(l, rows.many) : deltanet_batch(l, rows.many);
+    else
+      attention ? attention_block(l, *rows.one, n) : deltanet_block(l, *rows.one, n);
+    for (size_t i = 0; i < size_t(n) * H; ++i) x_[i] += y_[i];
+    const double t1 = now_s();
+    times_.mixer += t1 - t0;
+
+    be_.rms_norm(x_.data(), L.post_norm.data(), n, H, c.rms_norm_eps, xn_.data());
+    if (L.is_moe)
+      moe_block(l, n, n == 1 || rows.decode());
+    else
+      ffn(L.mlp, xn_.data(), n, c.intermediate_size, y_.data());
+    for (size_t i = 0; i < size_t(n) * H; ++i) x_[i] += y_[i];
+    times_.moe += now_s() - t1;
+    if (layer_observer) layer_observer(l, x_.data(), n);
+  }
 }
 
 // Gated softmax attention. Qwen3.5: q_proj emits [q_h | gate_h] per head, and the output is
@@ -267,7 +279,7 @@ void Transformer::ffn(const FfnWeights& w, const float* x, int n, int inter, flo
 
 // Routed experts: each token picks top_k experts; tokens are grouped by expert so every chosen
 // expert's weights are read once for all the tokens that use it.
-void Transformer::moe_block(int layer, int n) {
+void Transformer::moe_block(int layer, int n, bool decode) {
   const ModelConfig& c = model_.config;
   const MoeWeights& m = model_.weights.layers[size_t(layer)].moe;
   const int H = c.hidden_size, E = c.num_experts, k = top_k_;
@@ -294,7 +306,7 @@ void Transformer::moe_block(int layer, int n) {
   // result is the same to the bit whatever the order of computation.
   std::fill(y_.begin(), y_.begin() + int64_t(n) * H, 0.0f);
   if (store_) {
-    routed_experts(layer, n);
+    routed_experts(layer, n, decode);
   } else {
     shared_expert(layer, n);
     for (int e = 0; e < E; ++e) {
@@ -333,19 +345,20 @@ void Transformer::expert_ffn(const FfnWeights& weights, int e, int n) {
 // Streaming: the layer's experts are demanded from the store at once; while they are read, the
 // shared expert runs and the next layer's experts are predicted and prefetched; then each expert is
 // computed as soon as its read is done (any ready one first).
-void Transformer::routed_experts(int layer, int n) {
+void Transformer::routed_experts(int layer, int n, bool decode) {
   const int E = model_.config.num_experts;
   used_.clear();
   for (int e = 0; e < E; ++e)
     if (expert_count_[size_t(e)] != expert_count_[size_t(e) + 1]) used_.push_back(e);
   store_->demand(layer, used_);
-  if (n == 1) {
-    // Score the predictions made for this layer, then predict the next one.
+  if (decode) {
+    // Decode steps (one token, or one token of each of n sequences): score the predictions made
+    // for this layer, then predict the next one.
     if (!last_used_[size_t(layer)].empty()) score(last_used_[size_t(layer)], used_, temporal_stats_);
     if (!lookahead_[size_t(layer)].empty()) score(lookahead_[size_t(layer)], used_, lookahead_stats_);
     lookahead_[size_t(layer)].clear();
     last_used_[size_t(layer)] = used_;
-    predict_next_layer(layer);
+    predict_next_layer(layer, n);
   }
   shared_expert(layer, n);
 
@@ -370,20 +383,27 @@ void Transformer::routed_experts(int layer, int n) {
 }
 
 // The next MoE layer's experts as its router would pick them from the current residual stream
-// (look-ahead), and as it picked them for the previous token (temporal); prefetched when enabled.
-void Transformer::predict_next_layer(int layer) {
+// (look-ahead), and as it picked them for the previous step (temporal); prefetched when enabled.
+// With n rows (one token of each of n sequences), the union over the rows.
+void Transformer::predict_next_layer(int layer, int n) {
   const ModelConfig& c = model_.config;
   int next = layer + 1;
   while (next < c.num_layers && !model_.weights.layers[size_t(next)].is_moe) ++next;
   if (next >= c.num_layers) return;
   const LayerWeights& L = model_.weights.layers[size_t(next)];
-  const int H = c.hidden_size, k = top_k_;
+  const int H = c.hidden_size, E = c.num_experts, k = top_k_;
   // x_ holds h = x + mixer(x) of this layer: the residual stream the next layer builds on.
-  be_.rms_norm(x_.data(), L.post_norm.data(), 1, H, c.rms_norm_eps, pred_xn_.data());
-  be_.matmul(L.moe.router, pred_xn_.data(), 1, pred_router_.data());
-  route(pred_router_.data(), c.num_experts, k, c.norm_topk_prob, pred_ids_.data(), pred_w_.data());
+  be_.rms_norm(x_.data(), L.post_norm.data(), n, H, c.rms_norm_eps, pred_xn_.data());
+  be_.matmul(L.moe.router, pred_xn_.data(), n, pred_router_.data());
   std::vector<int32_t>& la = lookahead_[size_t(next)];
-  la.assign(pred_ids_.begin(), pred_ids_.end());
+  la.clear();
+  for (int t = 0; t < n; ++t) {
+    route(pred_router_.data() + int64_t(t) * E, E, k, c.norm_topk_prob, pred_ids_.data(), pred_w_.data());
+    for (int j = 0; j < k; ++j) {
+      const int32_t e = pred_ids_[size_t(j)];
+      if (std::find(la.begin(), la.end(), e) == la.end()) la.push_back(e);
+    }
+  }
   std::sort(la.begin(), la.end());
   if (options_.predict_lookahead) store_->prefetch(next, la);
   if (options_.predict_temporal && !last_used_[size_t(next)].empty()) store_->prefetch(next, last_used_[size_t(next)]);

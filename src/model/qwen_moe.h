@@ -1,6 +1,7 @@
 // The forward pass of Qwen3.5-MoE and Qwen3-MoE (see docs/architecture.md for the equations).
 //
-// Per decoder layer, for a batch of n consecutive tokens of one sequence:
+// Per decoder layer, for a batch of n consecutive tokens of one sequence (forward), or of one token
+// of each of n sequences (decode_batch: the mixer runs per sequence, everything else on all rows):
 //   h   = x + Mixer(RMSNorm_in(x))           Mixer: Gated DeltaNet or gated softmax attention
 //   out = h + FFN(RMSNorm_post(h))           FFN: routed experts (+ gated shared expert), or dense
 // then logits = lm_head(RMSNorm_final(x_L)).
@@ -72,6 +73,13 @@ class Transformer {
   // Token ids out of range and context overflow are fm::Errors; the state is then unchanged.
   void forward(SequenceState& state, std::span<const int32_t> tokens, float* logits, bool all_logits);
 
+  // One decode step for several sequences: token i runs at position states[i]->n_past of its own
+  // sequence and advances it; logits [n][vocab]. The sequences must be distinct and n <= max_batch.
+  // A bad token id, a context overflow or a failed sequence is an fm::Error naming the sequence,
+  // and then no state has changed. If an expert read fails midway, every sequence of the batch is
+  // marked failed (as forward does for its one).
+  void decode_batch(std::span<SequenceState* const> states, std::span<const int32_t> tokens, float* logits);
+
   // Bytes of weights the forward passes have read so far (each matrix once per call, the embedding
   // rows used): the traffic that bounds decode speed.
   uint64_t weight_bytes_read() const { return weight_bytes_read_; }
@@ -86,16 +94,28 @@ class Transformer {
   const PhaseTimes& phase_times() const { return times_; }
 
  private:
+  // The rows of one pass: n consecutive tokens of `one` sequence (forward), or one token of each
+  // of `many` sequences (decode_batch).
+  struct Rows {
+    SequenceState* one = nullptr;
+    std::span<SequenceState* const> many;
+    bool decode() const { return !many.empty(); }
+  };
+
   void matmul(const Mat& w, const float* x, int n, float* y);
   void forward_chunk(SequenceState& state, const int32_t* tokens, int n, float* logits, bool all_logits);
+  // Embedding and decoder layers over the n rows of x_ (positions_ set by the caller).
+  void run_layers(const int32_t* tokens, int n, const Rows& rows);
   void attention_block(int layer, SequenceState& state, int n);
   void deltanet_block(int layer, SequenceState& state, int n);
-  void moe_block(int layer, int n);
+  void attention_batch(int layer, std::span<SequenceState* const> states);  // qwen_moe_batch.cpp
+  void deltanet_batch(int layer, std::span<SequenceState* const> states);   // qwen_moe_batch.cpp
+  void moe_block(int layer, int n, bool decode);
   void ffn(const FfnWeights& w, const float* x, int n, int inter, float* out);
-  void routed_experts(int layer, int n);
+  void routed_experts(int layer, int n, bool decode);
   void expert_ffn(const FfnWeights& weights, int e, int n);
   void shared_expert(int layer, int n);
-  void predict_next_layer(int layer);
+  void predict_next_layer(int layer, int n);
   void score(std::span<const int32_t> predicted, std::span<const int32_t> used, PredictorStats& stats) const;
 
   const Model& model_;
@@ -125,14 +145,16 @@ class Transformer {
   std::vector<float> expert_out_;  // [n][k][H]: each routed expert's weighted output
   std::vector<float> shared_g_;  // [n]
   std::vector<int32_t> positions_;  // [n]
+  std::vector<float> k_new_;        // decode_batch: the new keys [n][n_kv * head_dim], before their caches
+  std::vector<float> v_new_;        // idem, values
 
   std::unique_ptr<ExpertStore> store_;
   std::vector<int32_t> used_;       // distinct experts of the current layer
   std::vector<int32_t> pending_;    // of which not yet computed
   std::vector<std::vector<int32_t>> last_used_;   // [layer]: experts of the previous decode step
   std::vector<std::vector<int32_t>> lookahead_;   // [layer]: look-ahead prediction for this step
-  std::vector<float> pred_xn_;      // [H]
-  std::vector<float> pred_router_;  // [E]
+  std::vector<float> pred_xn_;      // [n][H]
+  std::vector<float> pred_router_;  // [n][E]
   std::vector<int32_t> pred_ids_;   // [k]
   std::vector<float> pred_w_;       // [k]
   PredictorStats temporal_stats_, lookahead_stats_;

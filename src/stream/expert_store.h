@@ -25,7 +25,7 @@ enum class CachePolicy { Lru, Lfu };
 struct StreamOptions {
   io::IoOptions io;
   uint64_t cache_bytes = 0;  // RAM for expert slots (at least one layer's top-k experts)
-  CachePolicy policy = CachePolicy::Lru;
+  CachePolicy policy = CachePolicy::Lfu;
 };
 
 struct ExpertStoreStats {

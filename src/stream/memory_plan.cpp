@@ -10,6 +10,10 @@ namespace fm {
 namespace {
 
 constexpr uint64_t kOverhead = 160ull << 20;  // binary, libraries, heap, stacks: measured ~100 MB
+// What a cgroup charges beyond the resident pages (page tables, kernel objects of the mappings and
+// the I/O, the allocator's slack): with the budget filled to the byte, a cgroup limit of the same
+// size was reached and reclaimed mapped dense pages. 1/32 of the budget keeps clear of it.
+constexpr uint64_t kMarginShift = 5;
 
 double gb(uint64_t b) { return double(b) / 1e9; }
 
@@ -41,7 +45,7 @@ MemoryPlan plan_memory(const Model& model, const TransformerOptions& o, uint64_t
   const int k = o.experts_per_tok > 0 ? o.experts_per_tok : c.num_experts_per_tok;
   p.scratch = uint64_t(o.max_batch) * ((8 + uint64_t(k)) * H + 3 * wide + 3 * inter + uint64_t(c.num_experts) * 2) * 4 +
               uint64_t(o.max_batch) * uint64_t(c.vocab_size) * 4;
-  p.overhead = kOverhead;
+  p.overhead = kOverhead + (budget >> kMarginShift);
   // One expert's slot: its three matrices rounded out to whole aligned blocks.
   uint64_t slot = 0;
   for (const LayerWeights& L : model.weights.layers)

@@ -12,8 +12,9 @@
 // (blocks of 32 activations for the 32-value formats, 256 for the K- and i-quants). The first term
 // is the worst case; it is about 2^-7 * sum |w x| for these uniform activations. The scalar and AVX2
 // kernels compute the same integer sums from the same quantized activations (their quantizers give
-// identical bytes, checked below), so they must agree to float summation order:
-// |y_scalar - y_avx2| <= 4e-6 * (1 + sum |w x|).
+// identical bytes, checked below), and so do the AVX-512 ones, so they must agree to float summation
+// order: |y_scalar - y_vector| <= 4e-6 * (1 + sum |w x|). matmul itself takes the AVX-512 kernels
+// where the CPU has them, else the AVX2 ones; the agreement test calls each directly.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "formats/quant.h"
@@ -178,43 +180,63 @@ TEST_P(MatmulQuantTest, PaddedRowStride) {
   });
 }
 
-// The scalar and AVX2 kernels: the same activation bytes, and the same results up to float order.
-TEST_P(MatmulQuantTest, ScalarAndAvx2Agree) {
+// y[t][r] for tokens t < n (<= kMaxTileTokens) through one kernel, called directly (matmul picks
+// the best kernel of the CPU; this reaches each of them).
+std::vector<float> run_kernel(const cpu::detail::QuantKernel& kernel, const Mat& w,
+                              const std::vector<float>& x, int n) {
+  const uint64_t act_bytes = cpu::detail::quant_act_row_bytes(w.dtype, w.cols);
+  std::vector<std::byte> xq(act_bytes * uint64_t(n));
+  for (int t = 0; t < n; ++t)
+    kernel.quantize_act(x.data() + t * w.cols, w.cols, xq.data() + uint64_t(t) * act_bytes);
+  std::vector<float> y(static_cast<size_t>(n * w.rows), std::numeric_limits<float>::quiet_NaN());
+  kernel.tile(w, 0, w.rows, xq.data(), act_bytes, n, y.data(), w.rows);
+  return y;
+}
+
+// The scalar, AVX2 and AVX-512 kernels: the same activation bytes, and the same results up to float
+// order.
+TEST_P(MatmulQuantTest, VectorKernelsAgreeWithScalar) {
   if (!cpu::have_avx2()) GTEST_SKIP() << "no AVX2/FMA/F16C here";
   const DType t = GetParam();
   const int64_t cols = 8 * dtype_info(t).block;
-  std::vector<float> x = random_tokens(3, cols, 7);
+  std::vector<float> x = random_tokens(4, cols, 7);
   // Edge cases of the quantizer: a zero block, ties of the rounding, the largest value, tiny values.
   std::fill(x.begin(), x.begin() + 256, 0.0f);
   for (int i = 0; i < 31; ++i) x[size_t(cols + i)] = float(i - 16) + 0.5f;  // ties: the scale is 1
   x[size_t(cols + 31)] = 127.0f;
   x[size_t(2 * cols)] = 3e-30f;
   x[size_t(2 * cols + 1)] = -1e-38f;
-  const uint64_t act_bytes = cpu::detail::quant_act_row_bytes(t, cols);
-  for (int row = 0; row < 3; ++row) {
-    std::vector<std::byte> a(act_bytes), b(act_bytes);
-    cpu::detail::scalar_quant_kernel(t).quantize_act(x.data() + row * cols, cols, a.data());
-    cpu::detail::avx2_quant_kernel(t).quantize_act(x.data() + row * cols, cols, b.data());
-    EXPECT_EQ(std::memcmp(a.data(), b.data(), act_bytes), 0) << dtype_name(t) << " activation row " << row;
-  }
+  const cpu::detail::QuantKernel scalar = cpu::detail::scalar_quant_kernel(t);
+  std::vector<std::pair<const char*, cpu::detail::QuantKernel>> vector_kernels = {
+      {"avx2", cpu::detail::avx2_quant_kernel(t)}};
+  if (cpu::detail::have_avx512_vnni())
+    vector_kernels.emplace_back("avx512", cpu::detail::avx512_quant_kernel(t));
+  else
+    GTEST_LOG_(INFO) << "no AVX-512 VNNI here: only the AVX2 kernels are compared";
 
   const QuantMat m = make_quant_mat(t, 37, cols, 3);
-  ThreadPool pool(2);
-  for (int n : {1, 2, 3}) {
-    cpu::set_force_scalar(true);
-    const std::vector<float> ys = run_matmul(m.mat, x, n, pool);
-    cpu::set_force_scalar(false);
-    const std::vector<float> ya = run_matmul(m.mat, x, n, pool);
-    for (int tok = 0; tok < n; ++tok)
-      for (int64_t r = 0; r < m.mat.rows; ++r) {
-        double mag = 0.0;
-        for (int64_t c = 0; c < cols; ++c)
-          mag += std::fabs(double(m.values[size_t(r * cols + c)]) * x[size_t(tok * cols + c)]);
-        const size_t i = size_t(tok * m.mat.rows + r);
-        ASSERT_LE(std::fabs(double(ys[i]) - ya[i]), kIsaTolerance * (1.0 + mag))
-            << dtype_name(t) << " n=" << n << " t=" << tok << " r=" << r << " scalar=" << ys[i]
-            << " avx2=" << ya[i];
-      }
+  const uint64_t act_bytes = cpu::detail::quant_act_row_bytes(t, cols);
+  for (const auto& [isa, kernel] : vector_kernels) {
+    for (int row = 0; row < 3; ++row) {
+      std::vector<std::byte> a(act_bytes), b(act_bytes);
+      scalar.quantize_act(x.data() + row * cols, cols, a.data());
+      kernel.quantize_act(x.data() + row * cols, cols, b.data());
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), act_bytes), 0)
+          << dtype_name(t) << " " << isa << " activation row " << row;
+    }
+    for (int n = 1; n <= cpu::detail::kMaxTileTokens; ++n) {
+      const std::vector<float> ys = run_kernel(scalar, m.mat, x, n), yv = run_kernel(kernel, m.mat, x, n);
+      for (int tok = 0; tok < n; ++tok)
+        for (int64_t r = 0; r < m.mat.rows; ++r) {
+          double mag = 0.0;
+          for (int64_t c = 0; c < cols; ++c)
+            mag += std::fabs(double(m.values[size_t(r * cols + c)]) * x[size_t(tok * cols + c)]);
+          const size_t i = size_t(tok * m.mat.rows + r);
+          ASSERT_LE(std::fabs(double(ys[i]) - yv[i]), kIsaTolerance * (1.0 + mag))
+              << dtype_name(t) << " " << isa << " n=" << n << " t=" << tok << " r=" << r
+              << " scalar=" << ys[i] << " vector=" << yv[i];
+        }
+    }
   }
 }
 

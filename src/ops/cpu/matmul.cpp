@@ -107,8 +107,9 @@ void for_each_tile(const Mat& w, int n, ThreadPool& pool, const Fn& fn) {
 }
 
 void matmul_quant(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
-  const detail::QuantKernel kernel =
-      use_avx2() ? detail::avx2_quant_kernel(w.dtype) : detail::scalar_quant_kernel(w.dtype);
+  const detail::QuantKernel kernel = !use_avx2()                ? detail::scalar_quant_kernel(w.dtype)
+                                      : detail::have_avx512_vnni() ? detail::avx512_quant_kernel(w.dtype)
+                                                                   : detail::avx2_quant_kernel(w.dtype);
   const uint64_t act_row_bytes = detail::quant_act_row_bytes(w.dtype, w.cols);
   std::byte* xq = quant_act_scratch(act_row_bytes * uint64_t(n));
   pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {

@@ -36,4 +36,11 @@ QuantKernel scalar_quant_kernel(DType dtype);
 // The AVX2/FMA kernel for a quantized type; call only when have_avx2().
 QuantKernel avx2_quant_kernel(DType dtype);
 
+// Whether this CPU has AVX-512 F, BW, VL and VNNI (besides AVX2, FMA and F16C).
+bool have_avx512_vnni();
+
+// The AVX-512 (VNNI) kernel for a quantized type; call only when have_avx512_vnni(). It computes
+// the same integer sums as the AVX2 and portable kernels.
+QuantKernel avx512_quant_kernel(DType dtype);
+
 }  // namespace fm::cpu::detail

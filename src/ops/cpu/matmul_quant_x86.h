@@ -1,0 +1,852 @@
+// The x86 vector kernels of matmul over block-quantized weights: integer dot products of weight
+// blocks with the 8-bit activation blocks of quant_act.h, as llama.cpp's CPU backend computes them.
+// One source for two instruction sets: matmul_quant_avx2.cpp includes it for AVX2 and
+// matmul_quant_avx512.cpp for AVX-512 (F, BW, VL, VNNI) on 256-bit vectors. Before the include the
+// file defines FM_SIMD (the target attribute every function here carries; the file itself is built
+// for plain x86-64) and FM_QUANT_AVX512 (0 or 1). Everything is in an anonymous namespace, so the two
+// translation units never share a function compiled for the other's target.
+//
+// The core step is _mm256_maddubs_epi16 (32 unsigned x signed byte products, summed in pairs to 16
+// int16) followed by _mm256_madd_epi16 with the sub-block scales (or ones), which gives 8 int32
+// partial sums. Each format is decoded to unsigned bytes where it can be (offsets and mins are
+// subtracted afterwards with the activation block sums), or to signed bytes whose signs are moved
+// onto the activations (|w| * (x * sign w)). A weight block is decoded once and used for up to
+// kMaxTileTokens activation rows. Products never saturate: unsigned weights stay below 64 (or
+// |w| <= 128 with |x| <= 127, pair sums <= 32512).
+//
+// AVX-512 changes only the primitives: VNNI computes the whole byte dot product of a block of 32
+// (vpdpbusd: exact int32 sums, the same numbers since nothing saturates), sign bits move onto
+// activations through a mask (vpsubb under k), IQ2_XS signs and scales are decoded for a whole block
+// at once, the IQ2_S / IQ3_S grid rows, whose indices are computed in a vector, come in by one gather
+// (one core of a Xeon: IQ3_S 8.1 Gw/s against 4.7 through a stored index vector, IQ2_S 8.6 against
+// 8.0; about even on a Zen 4 core, where a gather measured 2x slower than IQ3_XXS's direct byte
+// indices, which therefore stay), and EVEX encoding gives 32 vector registers. All paths give the same
+// integer sums, so the same results up to float summation order. (AVX2 machines keep the scalar loads:
+// gathers are slow on several of them.)
+//
+// The blocks of 32 share one driver (rows32) over a per-format decoder (Codec32); the i-quants
+// share one block kernel over a per-format decoder of 32-value chunks (GridCodec); the K-quants
+// each have a block kernel (scales and layouts differ too much to share more). All super-blocks go
+// through one driver (rows256).
+#pragma once
+#include <immintrin.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "formats/quant_blocks.h"
+#include "ops/cpu/matmul_quant.h"
+#include "ops/cpu/quant_act.h"
+#include "util/error.h"
+
+#if !defined(FM_SIMD) || !defined(FM_QUANT_AVX512)
+#error "define FM_SIMD and FM_QUANT_AVX512 before including matmul_quant_x86.h"
+#endif
+
+// The per-block kernels go inline into the row loops: GCC had kept them as calls, so the
+// accumulators went through memory and the constants were rebuilt for every block. Forced inline
+// (together with madd + add in place of vpdpwssd, below), one core of a Xeon went from Q4_K 22.7 to
+// 26.1 Gw/s, Q6_K 15.2 to 21.2, IQ2_XS 7.1 to 15.2.
+#define FM_BLOCK FM_SIMD __attribute__((always_inline))
+
+namespace fm::cpu::detail {
+
+namespace {
+
+using quant::tables::kGridIq2s;
+using quant::tables::kGridIq2xs;
+using quant::tables::kGridIq2xxs;
+using quant::tables::kGridIq3s;
+using quant::tables::kGridIq3xxs;
+using quant::tables::kSignsIq2xs;
+
+inline uint64_t load_u64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline uint32_t load_u32(const void* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+FM_SIMD inline float f16(uint16_t h) { return _cvtsh_ss(h); }
+
+FM_SIMD inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+FM_SIMD inline int hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+FM_SIMD inline __m256i loadu(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// 32 values 0..15 in element order from 16 bytes: low nibbles are elements 0..15, high 16..31.
+FM_SIMD inline __m256i nibbles32(const uint8_t* p) {
+  const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+// ---- the primitives that differ between AVX2 and AVX-512 ----------------------------------------
+
+// sumi + (the 16 int16 pair sums of u * x, unsigned by signed bytes) times the int16 lanes of
+// `scales`, summed in pairs: 8 int32.
+// (Not vpdpwssd on AVX-512: it puts its 4-5 cycle latency on the one chain of sums of a block,
+// eight steps long, where vpaddd puts 1.)
+FM_SIMD inline __m256i add_dot_scaled(__m256i sumi, __m256i u, __m256i x, __m256i scales) {
+  return _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), scales));
+}
+
+// The 32 products u * x (unsigned by signed bytes) summed in fours: 8 int32.
+FM_SIMD inline __m256i dot_bytes(__m256i u, __m256i x) {
+#if FM_QUANT_AVX512
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+#endif
+}
+
+// `value` in byte i where bit i of `bits` is set, else 0.
+FM_SIMD inline __m256i select_bytes(uint32_t bits, char value) {
+#if FM_QUANT_AVX512
+  return _mm256_maskz_mov_epi8(__mmask32(bits), _mm256_set1_epi8(value));
+#else
+  const __m256i spread =
+      _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)),
+                          _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(value));
+#endif
+}
+
+// Activation bytes x with byte i negated where bit i of `bits` is set.
+FM_SIMD inline __m256i apply_signs(__m256i x, uint32_t bits) {
+#if FM_QUANT_AVX512
+  return _mm256_mask_sub_epi8(x, __mmask32(bits), _mm256_setzero_si256(), x);
+#else
+  return _mm256_sign_epi8(x, _mm256_or_si256(select_bytes(bits, -1), _mm256_set1_epi8(1)));
+#endif
+}
+
+// Activation bytes x times the signs (-1 or 1; 0 gives 0) of the bytes of `signs`.
+FM_SIMD inline __m256i apply_signs(__m256i x, __m256i signs) { return _mm256_sign_epi8(x, signs); }
+
+// The signs of four groups of 8 values, given as 7-bit indices into ksigns_iq2xs. AVX-512: as the
+// bits of a mask; AVX2: as bytes of -1 or 1 (kSignBytes) for _mm256_sign_epi8.
+#if FM_QUANT_AVX512
+FM_SIMD inline uint32_t signs4(uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
+  return uint32_t(kSignsIq2xs[i0]) | uint32_t(kSignsIq2xs[i1]) << 8 | uint32_t(kSignsIq2xs[i2]) << 16 |
+         uint32_t(kSignsIq2xs[i3]) << 24;
+}
+#else
+// kSignBytes.v[k]: 8 bytes, 0xFF (-1) where bit i of ksigns_iq2xs[k] is set, else 0x01.
+struct SignBytes {
+  uint64_t v[128];
+  constexpr SignBytes() : v() {
+    for (int k = 0; k < 128; ++k)
+      for (int i = 0; i < 8; ++i) v[k] |= uint64_t((kSignsIq2xs[k] >> i) & 1 ? 0xFF : 0x01) << (8 * i);
+  }
+};
+inline constexpr SignBytes kSignBytes;
+
+FM_SIMD inline __m256i signs4(uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
+  return _mm256_set_epi64x(int64_t(kSignBytes.v[i3]), int64_t(kSignBytes.v[i2]), int64_t(kSignBytes.v[i1]),
+                           int64_t(kSignBytes.v[i0]));
+}
+#endif
+
+// ---- scale shuffles ------------------------------------------------------------------------------
+
+// On a vector holding the same 8 int16 in both lanes: broadcast16(v, j) gives int16 j in every
+// lane; pair16(v, j) gives int16 j in the low lane and j + 1 in the high lane.
+FM_SIMD inline __m256i broadcast16(__m256i v8, int j) {
+  return _mm256_shuffle_epi8(v8, _mm256_set1_epi16(int16_t((2 * j + 1) << 8 | 2 * j)));
+}
+FM_SIMD inline __m256i pair16(__m256i v8, int j) {
+  return _mm256_shuffle_epi8(v8, _mm256_set_m128i(_mm_set1_epi16(int16_t((2 * j + 3) << 8 | (2 * j + 2))),
+                                                  _mm_set1_epi16(int16_t((2 * j + 1) << 8 | 2 * j))));
+}
+
+// ---- blocks of 32 ----------------------------------------------------------------------------
+// Per format: the 32 values as bytes (kSigned: signed, else unsigned 0..31), the scale d, and dm,
+// the multiplier of the activation sum s for formats with a min or an offset (kMin).
+
+template <class Q>
+struct Codec32;
+
+template <>
+struct Codec32<quant::Q4_0> {
+  static constexpr bool kSigned = false, kMin = true;
+  using Block = quant::Q4_0::Block;
+  FM_BLOCK static __m256i values(const Block& b) { return nibbles32(b.qs); }
+  FM_SIMD static float d(const Block& b) { return f16(b.d); }
+  FM_SIMD static float dm(const Block&, float d) { return -8.0f * d; }
+};
+
+template <>
+struct Codec32<quant::Q4_1> {
+  static constexpr bool kSigned = false, kMin = true;
+  using Block = quant::Q4_1::Block;
+  FM_BLOCK static __m256i values(const Block& b) { return nibbles32(b.qs); }
+  FM_SIMD static float d(const Block& b) { return f16(b.d); }
+  FM_SIMD static float dm(const Block& b, float) { return f16(b.m); }
+};
+
+FM_SIMD inline __m256i q5_values(const uint8_t* qs, const uint8_t* qh) {
+  return _mm256_or_si256(nibbles32(qs), select_bytes(load_u32(qh), 0x10));
+}
+
+template <>
+struct Codec32<quant::Q5_0> {
+  static constexpr bool kSigned = false, kMin = true;
+  using Block = quant::Q5_0::Block;
+  FM_BLOCK static __m256i values(const Block& b) { return q5_values(b.qs, b.qh); }
+  FM_SIMD static float d(const Block& b) { return f16(b.d); }
+  FM_SIMD static float dm(const Block&, float d) { return -16.0f * d; }
+};
+
+template <>
+struct Codec32<quant::Q5_1> {
+  static constexpr bool kSigned = false, kMin = true;
+  using Block = quant::Q5_1::Block;
+  FM_BLOCK static __m256i values(const Block& b) { return q5_values(b.qs, b.qh); }
+  FM_SIMD static float d(const Block& b) { return f16(b.d); }
+  FM_SIMD static float dm(const Block& b, float) { return f16(b.m); }
+};
+
+template <>
+struct Codec32<quant::Q8_0> {
+  static constexpr bool kSigned = true, kMin = false;
+  using Block = quant::Q8_0::Block;
+  FM_BLOCK static __m256i values(const Block& b) { return loadu(b.qs); }
+  FM_SIMD static float d(const Block& b) { return f16(b.d); }
+  FM_SIMD static float dm(const Block&, float) { return 0.0f; }
+};
+
+FM_SIMD inline __m256i table16(const int8_t* levels) {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels)));
+}
+
+template <>
+struct Codec32<quant::IQ4_NL> {
+  static constexpr bool kSigned = true, kMin = false;
+  using Block = quant::IQ4_NL::Block;
+  FM_BLOCK static __m256i values(const Block& b) {
+    return _mm256_shuffle_epi8(table16(quant::tables::kValuesIq4nl), nibbles32(b.qs));
+  }
+  FM_SIMD static float d(const Block& b) { return f16(b.d); }
+  FM_SIMD static float dm(const Block&, float) { return 0.0f; }
+};
+
+template <>
+struct Codec32<quant::MXFP4> {
+  static constexpr bool kSigned = true, kMin = false;
+  using Block = quant::MXFP4::Block;
+  FM_BLOCK static __m256i values(const Block& b) {
+    return _mm256_shuffle_epi8(table16(quant::tables::kValuesMxfp4), nibbles32(b.qs));
+  }
+  FM_SIMD static float d(const Block& b) { return quant::MXFP4::e8m0_half(b.e); }
+  FM_SIMD static float dm(const Block&, float) { return 0.0f; }
+};
+
+// One block of 32 for T tokens into accumulator set `acc`; corr collects dm * s.
+template <class C, int T>
+FM_BLOCK inline void step32(const typename C::Block& blk, const ActBlock32* const (&x)[T], int64_t b,
+                            __m256 (&acc)[T], float (&corr)[T]) {
+  const __m256i v = C::values(blk);
+  const __m256i u = C::kSigned ? _mm256_sign_epi8(v, v) : v;
+  const float d = C::d(blk);
+  const float dm = C::dm(blk, d);
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) {
+    const ActBlock32& a = x[t][b];
+    __m256i xs = loadu(a.qs);
+    if constexpr (C::kSigned) xs = _mm256_sign_epi8(xs, v);
+    const __m256 p = _mm256_cvtepi32_ps(dot_bytes(u, xs));
+    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), p, acc[t]);
+    if constexpr (C::kMin) corr[t] += dm * a.s;
+  }
+}
+
+template <class Q, int T>
+FM_SIMD void rows32(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes,
+                    float* y, int64_t ldy) {
+  using C = Codec32<Q>;
+  using Block = typename C::Block;
+  const int64_t n_blocks = w.cols / 32;
+  const ActBlock32* x[T];
+  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const ActBlock32*>(xq + uint64_t(t) * xq_row_bytes);
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* blocks = reinterpret_cast<const Block*>(w.data + uint64_t(r) * w.row_bytes);
+    __m256 acc0[T], acc1[T];
+    float corr[T];
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps(), corr[t] = 0.0f;
+    int64_t b = 0;
+    for (; b + 2 <= n_blocks; b += 2) {  // two accumulator chains keep the FMAs in flight
+      step32<C, T>(blocks[b], x, b, acc0, corr);
+      step32<C, T>(blocks[b + 1], x, b + 1, acc1, corr);
+    }
+    if (b < n_blocks) step32<C, T>(blocks[b], x, b, acc0, corr);
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + corr[t];
+  }
+}
+
+// ---- super-blocks of 256 -------------------------------------------------------------------------
+// Per format, dot<T>(block, x, b, acc): acc[t] += its dot product with activation block b of token t
+// (8 lanes to be summed at the end).
+
+// acc += d * dx * sumi.
+template <int T>
+FM_BLOCK inline void plain_finish(const ActBlock256* const (&x)[T], int64_t b, float d,
+                                  const __m256i (&sumi)[T], __m256 (&acc)[T]) {
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t)
+    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+}
+
+// The i-quants and IQ4_XS, per chunk of 32 values (sub-block ib of 8): magnitudes u as unsigned
+// bytes, their signs (mask bits or sign bytes, see apply_signs) and the int16 scales of the two
+// halves (the same scale in both for 32-value sub-blocks). prepare() decodes what the chunks of a
+// block share; the block's float scale is d(block).
+template <class Q>
+struct GridCodec;
+
+struct NoState {};
+
+// What the codecs without per-block state share: the block type and d = f16 d * kScale.
+template <class B, float kScale>
+struct GridBase {
+  using Block = B;
+  FM_BLOCK static NoState prepare(const Block&) { return {}; }
+  FM_SIMD static float d(const Block& blk) { return f16(blk.d) * kScale; }
+};
+
+// Grid rows of 8 magnitudes (IQ2): four rows as one vector.
+FM_SIMD inline __m256i grid8x4(const uint8_t (*grid)[8], int i0, int i1, int i2, int i3) {
+  return _mm256_set_epi64x(int64_t(load_u64(grid[i3])), int64_t(load_u64(grid[i2])),
+                           int64_t(load_u64(grid[i1])), int64_t(load_u64(grid[i0])));
+}
+
+// Grid rows of 4 magnitudes (IQ3): eight rows as one vector.
+FM_SIMD inline __m256i grid4x8(const uint8_t (*grid)[4], const int (&i)[8]) {
+  return _mm256_setr_epi32(int(load_u32(grid[i[0]])), int(load_u32(grid[i[1]])), int(load_u32(grid[i[2]])),
+                           int(load_u32(grid[i[3]])), int(load_u32(grid[i[4]])), int(load_u32(grid[i[5]])),
+                           int(load_u32(grid[i[6]])), int(load_u32(grid[i[7]])));
+}
+
+#if !FM_QUANT_AVX512
+// Scales of groups 2i and 2i + 1 (nibbles of scales[i]) as 2s + 1, in the low and high lane.
+FM_SIMD inline __m256i iq2_pair_scales(uint8_t s) {
+  return _mm256_set_m128i(_mm_set1_epi16(int16_t(2 * (s >> 4) + 1)),
+                          _mm_set1_epi16(int16_t(2 * (s & 0xF) + 1)));
+}
+#endif
+
+template <>
+struct GridCodec<quant::IQ2_XXS> : GridBase<quant::IQ2_XXS::Block, 0.125f> {
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, NoState, int ib, F&& f) {
+    const uint8_t* idx = blk.qs + 8 * ib;
+    const uint32_t aux = load_u32(idx + 4);
+    f(grid8x4(kGridIq2xxs, idx[0], idx[1], idx[2], idx[3]),
+      signs4(aux & 127, (aux >> 7) & 127, (aux >> 14) & 127, (aux >> 21) & 127),
+      _mm256_set1_epi16(int16_t(2 * (aux >> 28) + 1)));
+  }
+};
+
+#if FM_QUANT_AVX512
+// IQ2_XS / IQ2_S keep 16 four-bit scales (group 2i in the low nibble of byte i): all 16 as 2s + 1
+// in int16 lanes, and the pair for chunk ib (group 2ib in the low lane, 2ib + 1 in the high lane).
+FM_SIMD inline __m256i iq2_scales16(const uint8_t* s) {
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s)), low = _mm_set1_epi8(0x0F);
+  const __m128i n = _mm_unpacklo_epi8(_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16(b, 4), low));
+  return _mm256_add_epi16(_mm256_slli_epi16(_mm256_cvtepu8_epi16(n), 1), _mm256_set1_epi16(1));
+}
+FM_SIMD inline __m256i iq2_pair_scales(__m256i scales16, int ib) {
+  return _mm256_permutexvar_epi16(
+      _mm256_set_m128i(_mm_set1_epi16(int16_t(2 * ib + 1)), _mm_set1_epi16(int16_t(2 * ib))), scales16);
+}
+
+template <>
+struct GridCodec<quant::IQ2_XS> {
+  using Block = quant::IQ2_XS::Block;
+  struct State {
+    __m256i scales;     // iq2_scales16
+    uint32_t signs[8];  // sign bits of chunk ib
+  };
+  // The sign byte of a value q is ksigns_iq2xs[q >> 9] = k | parity(k) << 7 with k = q >> 9: the
+  // parity of k's 7 bits is that of (k ^ k >> 4) & 15, looked up in a 16-entry table.
+  FM_BLOCK static State prepare(const Block& blk) {
+    State st;
+    st.scales = iq2_scales16(blk.scales);
+    const __m256i parity = _mm256_broadcastsi128_si256(
+        _mm_setr_epi8(0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0));
+    for (int h = 0; h < 2; ++h) {
+      const __m256i k = _mm256_srli_epi16(loadu(blk.qs + 16 * h), 9);
+      const __m256i fold =
+          _mm256_and_si256(_mm256_xor_si256(k, _mm256_srli_epi16(k, 4)), _mm256_set1_epi16(0xF));
+      const __m256i sign_bytes = _mm256_or_si256(k, _mm256_shuffle_epi8(parity, fold));
+      _mm_storeu_si128(
+          reinterpret_cast<__m128i*>(st.signs + 4 * h),
+          _mm_packus_epi16(_mm256_castsi256_si128(sign_bytes), _mm256_extracti128_si256(sign_bytes, 1)));
+    }
+    return st;
+  }
+  FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, const State& st, int ib, F&& f) {
+    const uint16_t* q = blk.qs + 4 * ib;
+    f(grid8x4(kGridIq2xs, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511), st.signs[ib],
+      iq2_pair_scales(st.scales, ib));
+  }
+};
+#else
+template <>
+struct GridCodec<quant::IQ2_XS> : GridBase<quant::IQ2_XS::Block, 0.125f> {
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, NoState, int ib, F&& f) {
+    const uint16_t* q = blk.qs + 4 * ib;
+    f(grid8x4(kGridIq2xs, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511),
+      signs4(q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9), iq2_pair_scales(blk.scales[ib]));
+  }
+};
+#endif
+
+template <>
+struct GridCodec<quant::IQ2_S> {
+  using Block = quant::IQ2_S::Block;
+#if FM_QUANT_AVX512
+  FM_BLOCK static __m256i prepare(const Block& blk) { return iq2_scales16(blk.scales); }
+#else
+  FM_BLOCK static NoState prepare(const Block&) { return {}; }
+#endif
+  FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, [[maybe_unused]] const auto& state, int ib, F&& f) {
+#if FM_QUANT_AVX512
+    const __m256i scales = iq2_pair_scales(state, ib);
+#else
+    const __m256i scales = iq2_pair_scales(blk.scales[ib]);
+#endif
+    // Index k: qs[4ib + k] and bits 2k, 2k + 1 of qh[ib] as bits 8-9, computed for all 4 at once.
+    const __m128i low = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(load_u32(blk.qs + 4 * ib))));
+    const __m128i high = _mm_and_si128(_mm_sllv_epi32(_mm_set1_epi32(blk.qh[ib]), _mm_setr_epi32(8, 6, 4, 2)),
+                                       _mm_set1_epi32(0x300));
+#if FM_QUANT_AVX512
+    const __m256i grid =
+        _mm256_i32gather_epi64(reinterpret_cast<const long long*>(kGridIq2s), _mm_or_si128(low, high), 8);
+#else
+    alignas(16) int idx[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(idx), _mm_or_si128(low, high));
+    const __m256i grid = grid8x4(kGridIq2s, idx[0], idx[1], idx[2], idx[3]);
+#endif
+    f(grid, load_u32(blk.signs + 4 * ib), scales);
+  }
+};
+
+template <>
+struct GridCodec<quant::IQ3_XXS> : GridBase<quant::IQ3_XXS::Block, 0.25f> {
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, NoState, int ib, F&& f) {
+    const uint8_t* q = blk.qs + 8 * ib;
+    // (A gather here measured 2x slower on a Zen 4 core than these byte-indexed loads.)
+    const int idx[8] = {q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]};
+    const __m256i grid = grid4x8(kGridIq3xxs, idx);
+    const uint32_t aux = load_u32(blk.scales_and_signs + 4 * ib);
+    f(grid, signs4(aux & 127, (aux >> 7) & 127, (aux >> 14) & 127, (aux >> 21) & 127),
+      _mm256_set1_epi16(int16_t(2 * (aux >> 28) + 1)));
+  }
+};
+
+template <>
+struct GridCodec<quant::IQ3_S> : GridBase<quant::IQ3_S::Block, 1.0f> {
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, NoState, int ib, F&& f) {
+    // Index i: qs[8ib + i] and bit i of qh[ib] as bit 8, computed for all 8 at once.
+    const __m256i low =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.qs + 8 * ib)));
+    const __m256i high = _mm256_and_si256(
+        _mm256_sllv_epi32(_mm256_set1_epi32(blk.qh[ib]), _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1)),
+        _mm256_set1_epi32(256));
+#if FM_QUANT_AVX512
+    const __m256i grid =
+        _mm256_i32gather_epi32(reinterpret_cast<const int*>(kGridIq3s), _mm256_or_si256(low, high), 4);
+#else
+    alignas(32) int idx[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(idx), _mm256_or_si256(low, high));
+    const __m256i grid = grid4x8(kGridIq3s, idx);
+#endif
+    const int s = (blk.scales[ib / 2] >> (4 * (ib % 2))) & 0xF;
+    f(grid, load_u32(blk.signs + 4 * ib), _mm256_set1_epi16(int16_t(2 * s + 1)));
+  }
+};
+
+// IQ4_XS: the 16 non-uniform levels of IQ4_NL (never 0, so the values serve as their own signs) and
+// 8 six-bit scales minus 32.
+template <>
+struct GridCodec<quant::IQ4_XS> {
+  using Block = quant::IQ4_XS::Block;
+  // Scale j: nibble j of scales_l, two bits 2j of scales_h, minus 32; as 8 int16 in both lanes.
+  FM_BLOCK static __m256i prepare(const Block& blk) {
+    const __m256i nib = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(load_u32(blk.scales_l))),
+                                                           _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                         _mm256_set1_epi32(0xF));
+    const __m256i hi2 = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(blk.scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+        _mm256_set1_epi32(3));
+    const __m256i ls =
+        _mm256_sub_epi32(_mm256_or_si256(nib, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
+    return _mm256_broadcastsi128_si256(
+        _mm_packs_epi32(_mm256_castsi256_si128(ls), _mm256_extracti128_si256(ls, 1)));
+  }
+  FM_SIMD static float d(const Block& blk) { return f16(blk.d); }
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, __m256i scales, int ib, F&& f) {
+    const __m256i v = _mm256_shuffle_epi8(table16(quant::tables::kValuesIq4nl), nibbles32(blk.qs + 16 * ib));
+    f(_mm256_sign_epi8(v, v), v, broadcast16(scales, ib));
+  }
+};
+
+// The block kernel of every GridCodec format.
+template <class Q>
+struct Block256 {
+  using G = GridCodec<Q>;
+  template <int T>
+  FM_BLOCK static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b,
+                           __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<typename G::Block>(p);
+    const auto state = G::prepare(blk);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int ib = 0; ib < 8; ++ib) {
+      G::chunk(blk, state, ib, [&](__m256i u, auto signs, __m256i scales) FM_BLOCK {
+#pragma GCC unroll 4
+        for (int t = 0; t < T; ++t)
+          sumi[t] = add_dot_scaled(sumi[t], u, apply_signs(loadu(x[t][b].qs + 32 * ib), signs), scales);
+      });
+    }
+    plain_finish<T>(x, b, G::d(blk), sumi, acc);
+  }
+};
+
+// Q4_K / Q5_K scales and mins: 8 six-bit values each, packed in 12 bytes (k4_scale_min). Returns
+// them as 8 int16 in both lanes.
+FM_SIMD inline void k4_scales(const uint8_t* s, __m256i& scales, __m128i& mins) {
+  const uint32_t a = load_u32(s), b = load_u32(s + 4), c = load_u32(s + 8);
+  const uint32_t sc_lo = a & 0x3f3f3f3f, sc_hi = (c & 0x0f0f0f0f) | ((a >> 6) & 0x03030303) << 4;
+  const uint32_t m_lo = b & 0x3f3f3f3f, m_hi = ((c >> 4) & 0x0f0f0f0f) | ((b >> 6) & 0x03030303) << 4;
+  scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, int(sc_hi), int(sc_lo))));
+  mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, int(m_hi), int(m_lo)));
+}
+
+// acc += d * dx * sumi - dmin * dx * sum_j mins[j] * (activation sum of sub-block j of 32).
+template <int T>
+FM_BLOCK inline void k4_finish(const ActBlock256* const (&x)[T], int64_t b, float d, float dmin, __m128i mins,
+                               const __m256i (&sumi)[T], __m256 (&acc)[T]) {
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) {
+    const ActBlock256& a = x[t][b];
+    const __m128i sums32 = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.bsums)),
+                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.bsums + 8)));
+    const __m256 m = _mm256_castps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins, sums32)));
+    const __m256 s = _mm256_cvtepi32_ps(sumi[t]);
+    acc[t] =
+        _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), s, _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a.d), m, acc[t]));
+  }
+}
+
+// Q4_K and Q5_K: 8 sub-blocks of 32 with k4 scales and mins; the low nibbles of qs + 32k are
+// sub-block 2k, the high ones 2k + 1; Q5_K's bit 4 of element l of sub-block j is bit j of qh[l].
+template <class Q>
+requires(std::is_same_v<Q, quant::Q4_K> || std::is_same_v<Q, quant::Q5_K>) struct Block256<Q> {
+  static constexpr bool kHigh = std::is_same_v<Q, quant::Q5_K>;
+  template <int T>
+  FM_BLOCK static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b,
+                           __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<typename Q::Block>(p);
+    __m256i scales;
+    __m128i mins;
+    k4_scales(blk.scales, scales, mins);
+    const __m256i low = _mm256_set1_epi8(0x0F), bit4 = _mm256_set1_epi8(0x10);
+    __m256i qh;
+    if constexpr (kHigh) qh = loadu(blk.qh);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m256i q = loadu(blk.qs + 32 * k);
+      __m256i lo = _mm256_and_si256(q, low), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+      if constexpr (kHigh) {
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(qh, 3), bit4));
+        qh = _mm256_srli_epi16(qh, 2);
+      }
+      const __m256i s_lo = broadcast16(scales, 2 * k), s_hi = broadcast16(scales, 2 * k + 1);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xs = x[t][b].qs + 64 * k;
+        sumi[t] = add_dot_scaled(add_dot_scaled(sumi[t], lo, loadu(xs), s_lo), hi, loadu(xs + 32), s_hi);
+      }
+    }
+    k4_finish<T>(x, b, f16(blk.d), f16(blk.dmin), mins, sumi, acc);
+  }
+};
+
+// Shift of 16-bit lanes by a signed amount (left where positive); the callers mask the bits they keep.
+template <int S>
+FM_SIMD inline __m256i shift16(__m256i v) {
+  if constexpr (S > 0) return _mm256_slli_epi16(v, S);
+  if constexpr (S < 0) return _mm256_srli_epi16(v, -S);
+  return v;
+}
+
+// The K-quants of 16-value sub-blocks (Q2_K, Q3_K, Q6_K) decode 32 values at a time from two of
+// them: sumi[t] += the chunk (elements 128h + 32s ..) times its two int16 scales (pair16 of sc).
+template <int T>
+FM_BLOCK inline void chunk16x2(__m256i u, __m256i scales, const ActBlock256* const (&x)[T], int64_t b, int at,
+                               __m256i (&sumi)[T]) {
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) sumi[t] = add_dot_scaled(sumi[t], u, loadu(x[t][b].qs + at), scales);
+}
+
+// acc += d * dx * (sumi - offset * sum_g scales[g] * bsums[g]) for the formats with signed 16-value
+// scales (16 int8 at sc16) and values stored with an offset (2^shift).
+template <int T>
+FM_BLOCK inline void offset_finish(const ActBlock256* const (&x)[T], int64_t b, float d, __m128i sc16,
+                                   int shift, const __m256i (&sumi)[T], __m256 (&acc)[T]) {
+  const __m256i scales = _mm256_cvtepi8_epi16(sc16);
+#pragma GCC unroll 4
+  for (int t = 0; t < T; ++t) {
+    const ActBlock256& a = x[t][b];
+    const __m256i off = _mm256_sll_epi32(_mm256_madd_epi16(scales, loadu(a.bsums)), _mm_cvtsi32_si128(shift));
+    acc[t] =
+        _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[t], off)), acc[t]);
+  }
+}
+
+template <>
+struct Block256<quant::Q6_K> {
+  // Chunk s (elements 128h + 32s ..) of half h: low bits from ql0 / ql1, high bits 2s of qh.
+  template <int S>
+  FM_BLOCK static __m256i values(__m256i ql0, __m256i ql1, __m256i qh) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i ql = S % 2 == 0 ? ql0 : ql1;
+    const __m256i lo = S < 2 ? _mm256_and_si256(ql, low) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), low);
+    return _mm256_or_si256(lo, _mm256_and_si256(shift16<4 - 2 * S>(qh), _mm256_set1_epi8(0x30)));
+  }
+  template <int T>
+  FM_BLOCK static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b,
+                           __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::Q6_K::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256i sc = _mm256_broadcastsi128_si256(
+          _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales + 8 * h))));
+      const __m256i ql0 = loadu(blk.ql + 64 * h), ql1 = loadu(blk.ql + 64 * h + 32),
+                    qh = loadu(blk.qh + 32 * h);
+      chunk16x2<T>(values<0>(ql0, ql1, qh), pair16(sc, 0), x, b, 128 * h, sumi);
+      chunk16x2<T>(values<1>(ql0, ql1, qh), pair16(sc, 2), x, b, 128 * h + 32, sumi);
+      chunk16x2<T>(values<2>(ql0, ql1, qh), pair16(sc, 4), x, b, 128 * h + 64, sumi);
+      chunk16x2<T>(values<3>(ql0, ql1, qh), pair16(sc, 6), x, b, 128 * h + 96, sumi);
+    }
+    const __m128i sc16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales));
+    offset_finish<T>(x, b, f16(blk.d), sc16, 5, sumi, acc);  // values are stored + 32
+  }
+};
+
+template <>
+struct Block256<quant::Q3_K> {
+  // The 16 six-bit scales (q3_k_scale) as signed bytes.
+  FM_BLOCK static __m128i scales(const uint8_t* s) {
+    const uint32_t a = load_u32(s), b = load_u32(s + 4), c = load_u32(s + 8);
+    const uint32_t w0 = (a & 0x0f0f0f0f) | (c & 0x03030303) << 4;
+    const uint32_t w1 = (b & 0x0f0f0f0f) | ((c >> 2) & 0x03030303) << 4;
+    const uint32_t w2 = ((a >> 4) & 0x0f0f0f0f) | ((c >> 4) & 0x03030303) << 4;
+    const uint32_t w3 = ((b >> 4) & 0x0f0f0f0f) | ((c >> 6) & 0x03030303) << 4;
+    return _mm_sub_epi8(_mm_set_epi32(int(w3), int(w2), int(w1), int(w0)), _mm_set1_epi8(32));
+  }
+  // Chunk c = 4h + s: two low bits at 2s of q, the high bit c of hmask; value + 4 in 0..7.
+  template <int H, int S>
+  FM_BLOCK static __m256i values(__m256i q, __m256i hm) {
+    return _mm256_or_si256(_mm256_and_si256(shift16<-2 * S>(q), _mm256_set1_epi8(3)),
+                           _mm256_and_si256(shift16<2 - (4 * H + S)>(hm), _mm256_set1_epi8(4)));
+  }
+  template <int T, int H>
+  FM_BLOCK static void half(const quant::Q3_K::Block& blk, __m128i sc16, __m256i hm,
+                            const ActBlock256* const (&x)[T], int64_t b, __m256i (&sumi)[T]) {
+    const __m256i sc =
+        _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(H == 0 ? sc16 : _mm_srli_si128(sc16, 8)));
+    const __m256i q = loadu(blk.qs + 32 * H);
+    chunk16x2<T>(values<H, 0>(q, hm), pair16(sc, 0), x, b, 128 * H, sumi);
+    chunk16x2<T>(values<H, 1>(q, hm), pair16(sc, 2), x, b, 128 * H + 32, sumi);
+    chunk16x2<T>(values<H, 2>(q, hm), pair16(sc, 4), x, b, 128 * H + 64, sumi);
+    chunk16x2<T>(values<H, 3>(q, hm), pair16(sc, 6), x, b, 128 * H + 96, sumi);
+  }
+  template <int T>
+  FM_BLOCK static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b,
+                           __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::Q3_K::Block>(p);
+    const __m128i sc16 = scales(blk.scales);
+    const __m256i hm = loadu(blk.hmask);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+    half<T, 0>(blk, sc16, hm, x, b, sumi);
+    half<T, 1>(blk, sc16, hm, x, b, sumi);
+    offset_finish<T>(x, b, f16(blk.d), sc16, 2, sumi, acc);  // values are stored + 4
+  }
+};
+
+template <>
+struct Block256<quant::Q2_K> {
+  template <int T, int H>
+  FM_BLOCK static void half(const quant::Q2_K::Block& blk, const ActBlock256* const (&x)[T], int64_t b,
+                            __m256i (&sumi)[T]) {
+    const __m128i s8 = _mm_and_si128(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.scales + 8 * H)),
+                                     _mm_set1_epi8(0x0F));
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(s8));
+    const __m256i q = loadu(blk.qs + 32 * H), m3 = _mm256_set1_epi8(3);
+    chunk16x2<T>(_mm256_and_si256(q, m3), pair16(sc, 0), x, b, 128 * H, sumi);
+    chunk16x2<T>(_mm256_and_si256(_mm256_srli_epi16(q, 2), m3), pair16(sc, 2), x, b, 128 * H + 32, sumi);
+    chunk16x2<T>(_mm256_and_si256(_mm256_srli_epi16(q, 4), m3), pair16(sc, 4), x, b, 128 * H + 64, sumi);
+    chunk16x2<T>(_mm256_and_si256(_mm256_srli_epi16(q, 6), m3), pair16(sc, 6), x, b, 128 * H + 96, sumi);
+  }
+  template <int T>
+  FM_BLOCK static void dot(const std::byte* p, const ActBlock256* const (&x)[T], int64_t b,
+                           __m256 (&acc)[T]) {
+    const auto& blk = quant::as_block<quant::Q2_K::Block>(p);
+    __m256i sumi[T];
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+    half<T, 0>(blk, x, b, sumi);
+    half<T, 1>(blk, x, b, sumi);
+    const __m128i s16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s16, 4), _mm_set1_epi8(0x0F)));
+    const float d = f16(blk.d), dmin = f16(blk.dmin);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      const ActBlock256& a = x[t][b];
+      const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, loadu(a.bsums)));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi[t]),
+                               _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a.d), m, acc[t]));
+    }
+  }
+};
+
+// Rows [r0, r1) for T tokens; consecutive super-blocks alternate between two accumulator sets, so
+// the float FMAs of one block need not wait for the previous block's.
+template <class Q, int T>
+FM_SIMD void rows256(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes,
+                     float* y, int64_t ldy) {
+  constexpr uint64_t kBytes = sizeof(typename Q::Block);
+  const int64_t n_blocks = w.cols / 256;
+  const ActBlock256* x[T];
+  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const ActBlock256*>(xq + uint64_t(t) * xq_row_bytes);
+  for (int64_t r = r0; r < r1; ++r) {
+    const std::byte* row = w.data + uint64_t(r) * w.row_bytes;
+    __m256 acc0[T], acc1[T];
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= n_blocks; b += 2) {
+      Block256<Q>::template dot<T>(row + uint64_t(b) * kBytes, x, b, acc0);
+      Block256<Q>::template dot<T>(row + uint64_t(b + 1) * kBytes, x, b + 1, acc1);
+    }
+    if (b < n_blocks) Block256<Q>::template dot<T>(row + uint64_t(b) * kBytes, x, b, acc0);
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(_mm256_add_ps(acc0[t], acc1[t]));
+  }
+}
+
+template <class Q>
+FM_SIMD void quant_tile(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes,
+                        int n_tokens, float* y, int64_t ldy) {
+  static_assert(kMaxTileTokens == 4);
+  const auto rows = [&]<int T>() FM_SIMD {
+    if constexpr (Q::kBlock == 32)
+      rows32<Q, T>(w, r0, r1, xq, xq_row_bytes, y, ldy);
+    else
+      rows256<Q, T>(w, r0, r1, xq, xq_row_bytes, y, ldy);
+  };
+  switch (n_tokens) {
+    case 1:
+      return rows.template operator()<1>();
+    case 2:
+      return rows.template operator()<2>();
+    case 3:
+      return rows.template operator()<3>();
+    case 4:
+      return rows.template operator()<4>();
+  }
+  FM_CHECK(false, "tile of {} tokens", n_tokens);
+}
+
+// ---- activation quantization (the same bytes as quantize_act_row_scalar) -------------------------
+
+FM_SIMD inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// 8 values rounded as act_round: x * id to nearest even, NaN to -127, clamped to +-127.
+FM_SIMD inline __m256i round8(const float* x, __m256 id) {
+  __m256 v =
+      _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+  return _mm256_cvtps_epi32(v);
+}
+
+template <int N>
+FM_SIMD void simd_quantize_act(const float* x, int64_t cols, std::byte* out) {
+  auto* blocks = reinterpret_cast<ActBlockFor<N>*>(out);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t bi = 0; bi < cols / N; ++bi) {
+    const float* xb = x + bi * N;
+    ActBlockFor<N>& a = blocks[bi];
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < N; i += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xb + i), abs_mask), m);
+    float id;
+    act_scale(hmax(m), a.d, id);
+    const __m256 vid = _mm256_set1_ps(id);
+    int total = 0;
+    for (int i = 0; i < N; i += 32) {
+      const __m256i q0 = round8(xb + i, vid), q1 = round8(xb + i + 8, vid), q2 = round8(xb + i + 16, vid),
+                    q3 = round8(xb + i + 24, vid);
+      // packs interleave the lanes: 0 4 1 5 2 6 3 7 in units of 4 values; undo it.
+      const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.qs + i),
+                          _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      if constexpr (N == 32) {
+        total = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
+      } else {
+        a.bsums[i / 16] = int16_t(hsum_i32(_mm256_add_epi32(q0, q1)));
+        a.bsums[i / 16 + 1] = int16_t(hsum_i32(_mm256_add_epi32(q2, q3)));
+      }
+    }
+    if constexpr (N == 32) a.s = a.d * float(total);
+  }
+}
+
+// The kernel of this instruction set for a quantized type.
+QuantKernel simd_quant_kernel(DType dtype, const char* isa) {
+  QuantKernel kernel{nullptr, nullptr};
+  quant::visit_format(dtype, [&](auto q) {
+    using Q = decltype(q);
+    kernel = QuantKernel{simd_quantize_act<Q::kBlock>, quant_tile<Q>};
+  });
+  FM_CHECK(kernel.tile != nullptr, "no {} matmul kernel for {}", isa, dtype_name(dtype));
+  return kernel;
+}
+
+}  // namespace
+}  // namespace fm::cpu::detail
