@@ -148,6 +148,10 @@ void add_serve(CLI::App& app) {
       ->check(CLI::Range(0, 100000));
   cmd->add_option("--alias", args->http.model_id, "Model name clients use (default: the model file's name)");
   cmd->add_option("--max-body", args->max_body, "Largest request body (default 8M); larger ones get 413");
+  cmd->add_option("--chunked-after", args->http.chunked_after_ms,
+                  "Milliseconds after which a non-streamed answer is sent chunked, with whitespace kept flowing "
+                  "so that a client that left is noticed (default 1000)")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([args] { serve(*args); });
 }
 

@@ -170,12 +170,13 @@ void send_stream(std::shared_ptr<Job> job, Reply reply, httplib::Response& res, 
       });
 }
 
-// One JSON body. A short request gets an ordinary response (status and length known); a longer one is
+// One JSON body. A request done within `chunked_after` gets an ordinary response (status and length known); a longer one is
 // sent chunked, with a space (JSON allows leading whitespace) every 2 s while it runs: a failed write
 // means the client went away, and cancels the job. Returns false when `sent` is left to the response.
-bool send_whole(std::shared_ptr<Job> job, Reply reply, httplib::Response& res, std::function<void()> sent) {
+bool send_whole(std::shared_ptr<Job> job, Reply reply, httplib::Response& res, std::chrono::milliseconds chunked_after,
+                std::function<void()> sent) {
   auto collected = std::make_shared<Collected>();
-  if (job->wait_finished(1s)) {
+  if (job->wait_finished(chunked_after)) {
     while (!collected->finished) collected->add(job->take(0ms));
     int status = 200;
     const std::string body = reply.whole(*job, *collected, status);
@@ -358,7 +359,7 @@ void HttpServer::complete(Endpoint endpoint, const std::string& body, httplib::R
   auto sent = [this] { in_flight_.fetch_sub(1); };
   if (r.stream)
     send_stream(std::move(job), std::move(reply), res, sent);
-  else if (send_whole(std::move(job), std::move(reply), res, sent))
+  else if (send_whole(std::move(job), std::move(reply), res, std::chrono::milliseconds(options_.chunked_after_ms), sent))
     sent();
 }
 

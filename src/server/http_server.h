@@ -37,6 +37,7 @@ struct ServerOptions {
   size_t max_body_bytes = 8u << 20;  // larger request bodies get 413
   int http_threads = 0;              // 0: slots + queue + 8
   int context = 4096;                // tokens per sequence (the transformer's max_context)
+  int chunked_after_ms = 1000;       // a non-streamed answer not done by then is sent chunked
 };
 
 class HttpServer {

@@ -51,7 +51,7 @@ def test_chat_not_streamed():
 
 
 def test_long_answer_not_streamed():
-    # Over a second of generation: sent chunked, with whitespace ahead of the JSON while it runs (a
+    # Past the server's --chunked-after (100 ms here): sent chunked, with whitespace ahead of the JSON while it runs (a
     # failed write of it tells that the client went away).
     raw = client().chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": "In the beginning"}], max_tokens=450, temperature=0,
@@ -214,8 +214,8 @@ def test_sigterm_mid_stream():
 
 
 def test_load():
-    """8 clients x 4 requests on a server with 4 slots and a queue of 2: each request is answered with
-    the text a solo run gives, or refused with 429; none is lost or mixed up; the server stays up within
+    """8 clients x 4 requests on a server with 4 slots and a queue of 2: each request (sampled, seeded)
+    is answered with the text a solo run gives, or refused with 429; none is lost or mixed up; the server stays up within
     its memory budget."""
     prompts = [f"{w}" for w in ("In the beginning", "And God said", "Blessed are the", "The LORD is my",
                                 "And it came to pass", "Hear, O Israel", "Vanity of vanities", "Let there be")]
@@ -223,9 +223,12 @@ def test_load():
     with LiveServer(CLI, "--parallel", "4", "--max-queue", "2", "--ctx", "256", "--mem-budget", "256M") as s:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
 
+        # Sampled with a seed per prompt: a sequence's logits do not depend on the batch it runs in,
+        # so the text under load must be the solo run's to the byte.
         def ask(p):
             return c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}],
-                                             max_tokens=8, temperature=0)
+                                             max_tokens=8, temperature=0.9, top_p=0.95,
+                                             seed=prompts.index(p) + 1)
 
         solo = {p: ask(p).choices[0].message.content for p in prompts}
         results = {"ok": 0, "429": 0}
@@ -264,7 +267,10 @@ def test_load():
 
 
 if __name__ == "__main__":
-    with LiveServer(CLI, "--api-key", KEY, "--ctx", "512", "--max-body", "64K", "--parallel", "2") as srv:
+    # Non-streamed answers not done in 100 ms go chunked: test_long_answer_not_streamed (450 tokens)
+    # takes that path on any machine.
+    with LiveServer(CLI, "--api-key", KEY, "--ctx", "512", "--max-body", "64K", "--parallel", "2",
+                    "--chunked-after", "100") as srv:
         server = srv
         run_tests([test_models, test_chat_not_streamed, test_long_answer_not_streamed,
                    test_chat_streamed_equals_not_streamed, test_stop_and_seed,

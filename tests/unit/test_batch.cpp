@@ -1,24 +1,14 @@
 // Batched decoding (Transformer::decode_batch): one step of several independent sequences in one
 // pass must give each sequence the logits that its own one-token forward() gives.
 //
-// Tolerances. Each token is one row of every matmul, norm and elementwise op, and the mixer runs
-// per sequence with the single-token code, so a row's arithmetic differs from a one-token forward()
-// only inside the matmul tiles: the quantized kernels quantize activations per row and sum integer
-// blocks the same way for any tile, and the scalar float kernel keeps the same four partial sums per
-// token, but the AVX2 float kernel blocks a one-token tile differently from a tile of 2-4 tokens
-// (ops/cpu/matmul_avx2.cpp: 4 accumulators per row for one token, 1 for several), so float weights
-// round differently. Hence:
-// - scalar kernels and batches of one: bit-identical (== 0), every model;
-// - AVX2, float models (bf16/f16 fixtures): float32 rounding carried through the layers, within
-//   kTolerance = 1e-4 (measured up to 1.5e-5 on logits of magnitude ~1-10);
-// - AVX2, Q8_0 models: the F32 matrices a GGUF keeps (router, DeltaNet a/b, shared-expert gate)
-//   round differently, and a last-bit change can move an 8-bit activation across a rounding step,
-//   which these models amplify and the caches and recurrent states carry to later steps: within
-//   kToleranceQ8 = 0.2 at the worst logit and 5e-3 on average over all logits (measured 0.055 /
-//   5.4e-4 on the Qwen3.5 fixture, 0.082 / 2.1e-3 on the default model; its Q8_0 file differs from
-//   its own bf16 weights by up to 1.76, tests/fixtures/default_model/ref.json).
-//   With those few matrices run one row at a time the results were bit-identical (tried while
-//   developing), which locates the whole difference in the float tiles.
+// Exactness. Each token is one row of every matmul, norm and elementwise op, and the mixer runs
+// per sequence with the single-token code. The kernels sum each (row, token) in the same order
+// whatever the tile: the quantized kernels quantize activations per row and sum integer blocks the
+// same way for any tile; the float kernels (scalar and AVX2, ops/cpu/matmul_avx2.cpp) keep the same
+// four partial sums per row and token for tiles of 1 to 4 tokens. So batched logits equal each
+// sequence's own to the bit, every model, every kernel set. (Before the AVX2 float kernel used one
+// blocking for all tile widths they differed by up to 0.08 on Q8_0 models, whose F32 router and
+// DeltaNet a/b matrices moved 8-bit activation roundings.)
 // Streamed experts vs resident: bit-identical (the same arithmetic, summed in ascending expert
 // order). Against transformers: decode_batch reproduces the fixtures' reference decoding logits
 // within 1e-3, the tolerance of test_model_fixtures.cpp.
@@ -47,9 +37,6 @@ namespace {
 namespace fs = std::filesystem;
 using test::expect_error;
 
-constexpr double kTolerance = 1e-4;
-constexpr double kToleranceQ8 = 0.2;
-constexpr double kMeanToleranceQ8 = 5e-3;
 const std::string kDefaultModel = std::string(FM_FIXTURES) + "/../../models/default/flashmoe-default.gguf";
 
 // Sequences with their prompts, the step at which each joins the batch, and the tokens each decodes.
@@ -168,9 +155,8 @@ TransformerOptions streaming(const Model& model, int slots, int max_batch = 16) 
   return o;
 }
 
-// Every model: batched vs alone, AVX2 (within the tolerances above) and scalar kernels (bit-identical).
-void check_model(const Model& model, const std::vector<int32_t>& ids, const std::string& name,
-                 bool quantized) {
+// Every model: batched vs alone, vector and scalar kernels: bit-identical.
+void check_model(const Model& model, const std::vector<int32_t>& ids, const std::string& name) {
   CpuBackend backend(2);
   const int64_t V = model.config.vocab_size;
   const Plan plan = make_plan(ids, 6, 5);
@@ -182,15 +168,8 @@ void check_model(const Model& model, const std::vector<int32_t>& ids, const std:
     std::printf("%s %s: |batched - alone| max %.3g mean %.3g, greedy token differs at %d steps\n",
                 name.c_str(), scalar ? "scalar" : cpu::matmul_isa(), diff.max, diff.mean,
                 diff.argmax_differs);
-    if (scalar) {
-      EXPECT_EQ(diff.max, 0.0) << name << " scalar";
-    } else if (quantized) {
-      EXPECT_LE(diff.max, kToleranceQ8) << name;
-      EXPECT_LE(diff.mean, kMeanToleranceQ8) << name;
-    } else {
-      EXPECT_LE(diff.max, kTolerance) << name;
-      EXPECT_EQ(diff.argmax_differs, 0) << name;
-    }
+    EXPECT_EQ(diff.max, 0.0) << name << (scalar ? " scalar" : " vector kernels");
+    EXPECT_EQ(diff.argmax_differs, 0) << name;
   }
 }
 
@@ -199,7 +178,7 @@ class BatchFixture : public ::testing::TestWithParam<const char*> {};
 TEST_P(BatchFixture, SameLogitsAsOneSequenceAtATime) {
   const test::Reference ref = test::load_reference(GetParam());
   const auto model = Model::load(ref.dir);
-  check_model(*model, ref.prompt, GetParam(), false);
+  check_model(*model, ref.prompt, GetParam());
 }
 
 // The Q8_0 GGUF of the fixture: quantized matmuls (the same bits per row for any tile) with the F32
@@ -211,7 +190,7 @@ TEST_P(BatchFixture, SameLogitsAsOneSequenceAtATimeQ8) {
   convert_to_gguf(ref.dir, gguf,
                   ConvertOptions{.type = DType::Q8_0, .expert_type = {}, .rules = {}, .threads = 2});
   const auto model = Model::load(gguf);
-  check_model(*model, ref.prompt, std::string(GetParam()) + " Q8_0", true);
+  check_model(*model, ref.prompt, std::string(GetParam()) + " Q8_0");
 }
 
 // A sequence decoded in a batch with others reproduces transformers' decoding logits.
@@ -260,7 +239,7 @@ std::vector<int32_t> default_model_ids() {
 
 TEST(BatchDefaultModel, SameLogitsAsOneSequenceAtATime) {
   const auto model = Model::load(kDefaultModel);
-  check_model(*model, default_model_ids(), "default Q8_0", true);
+  check_model(*model, default_model_ids(), "default Q8_0");
 }
 
 // A batch of one runs every matmul on one row, as forward() does: bit-identical, any kernels.

@@ -48,26 +48,16 @@ FM_AVX2 inline float hsum(__m256 v) {
 // token per step, R * T * U independent accumulators. FMAs take 4 cycles and two issue per cycle, so
 // 8 to 12 chains in flight keep the units busy while the accumulators, T input vectors and a weight
 // vector still fit in 16 ymm registers. Each weight vector is converted once and used T times.
-// One token (decode) reads a single row at a time: decode is bound by streaming the weights from
-// DRAM, and one sequential stream per thread is what the hardware prefetchers serve best (measured
-// on Zen 4: two or four rows side by side stream 20-50% slower, software prefetch 10-15% slower).
+// Every width uses one row and U = 4, so each (row, token) is summed in the same order whatever the
+// tile: a token's result does not depend on the tokens beside it (prefill equals token-by-token
+// decoding, a batch of sequences equals each alone, to the bit). Four tokens run as two tiles of
+// two (16 accumulators would not leave room for the inputs); the block of rows is still in cache.
+// One row at a time also suits decode, which is bound by streaming the weights from DRAM: one
+// sequential stream per thread is what the hardware prefetchers serve best (measured on Zen 4: two
+// or four rows side by side stream 20-50% slower, software prefetch 10-15% slower).
 template <int T>
-struct Blocking;
-template <>
-struct Blocking<1> {
+struct Blocking {
   static constexpr int R = 1, U = 4;
-};
-template <>
-struct Blocking<2> {
-  static constexpr int R = 4, U = 1;
-};
-template <>
-struct Blocking<3> {
-  static constexpr int R = 4, U = 1;
-};
-template <>
-struct Blocking<4> {
-  static constexpr int R = 3, U = 1;
 };
 
 // y[t * ldy + i] = dot(row i, x[t]) for R rows starting at `w` and T tokens of x ([T][cols]).
@@ -141,7 +131,8 @@ FM_AVX2 void tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_to
     case 3:
       return tile_fixed<Load, 3>(w, r0, r1, x, y, ldy);
     case 4:
-      return tile_fixed<Load, 4>(w, r0, r1, x, y, ldy);
+      tile_fixed<Load, 2>(w, r0, r1, x, y, ldy);
+      return tile_fixed<Load, 2>(w, r0, r1, x + 2 * w.cols, y + 2 * ldy, ldy);
   }
   FM_CHECK(false, "tile of {} tokens", n_tokens);
 }
