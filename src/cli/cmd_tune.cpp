@@ -55,25 +55,15 @@ std::string read_text(const std::string& path) {
 // (data/corpus/eval.txt, docs/default_model.md), looked for beside the executable's tree and in the
 // source tree it was built from.
 std::string default_text_path() {
-  namespace fs = std::filesystem;
-  const fs::path rel = fs::path("data") / "corpus" / "eval.txt";
-  std::vector<fs::path> tried;
-  char exe[4096];
-  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n > 0) tried.push_back(fs::path(std::string(exe, size_t(n))).parent_path().parent_path() / rel);
-#ifdef FM_SOURCE_DIR
-  tried.push_back(fs::path(FM_SOURCE_DIR) / rel);
-#endif
   std::string where;
-  for (const fs::path& p : tried) {
-    std::error_code ec;
-    if (fs::is_regular_file(p, ec)) return p.lexically_normal().string();
-    where += fmt::format("{}{}", where.empty() ? "" : ", ", p.string());
-  }
-  fail(
-      "no evaluation text given (-f FILE) and the held-out corpus text is missing (looked in {}; "
-      "scripts/get_corpus.sh makes it)",
-      where);
+  const std::filesystem::path found =
+      find_project_file(std::filesystem::path("data") / "corpus" / "eval.txt", where);
+  if (found.empty())
+    fail(
+        "no evaluation text given (-f FILE) and the held-out corpus text is missing (looked in {}; "
+        "scripts/get_corpus.sh makes it)",
+        where);
+  return found.string();
 }
 
 void tune_command(TuneArgs& a, const CLI::App& cmd) {

@@ -61,15 +61,10 @@ void apply_config_file(CLI::App& cmd, EngineArgs& args) {
 
 }  // namespace
 
-std::filesystem::path default_model_path() {
+std::filesystem::path find_project_file(const std::filesystem::path& rel, std::string& where) {
   namespace fs = std::filesystem;
-  const fs::path rel = fs::path("models") / "default" / "flashmoe-default.gguf";
-  if (const char* env = std::getenv("FLASHMOE_DEFAULT_MODEL"); env && *env) {
-    if (!fs::exists(env)) fail("FLASHMOE_DEFAULT_MODEL names '{}', which does not exist", env);
-    return env;
-  }
   std::vector<fs::path> tried;
-  // build/flashmoe -> ../models/default/...; an installed or copied binary beside models/ too.
+  // build/flashmoe -> ../REL; an installed or copied binary beside it too.
   char exe[4096];
   const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n > 0) {
@@ -80,13 +75,26 @@ std::filesystem::path default_model_path() {
 #ifdef FM_SOURCE_DIR
   tried.push_back(fs::path(FM_SOURCE_DIR) / rel);
 #endif
-  std::string where;
+  where.clear();
   for (const fs::path& p : tried) {
     std::error_code ec;
     if (fs::is_regular_file(p, ec)) return p.lexically_normal();
     where += fmt::format("{}{}", where.empty() ? "" : ", ", p.string());
   }
-  fail("no model given (-m) and the default model is missing (looked in FLASHMOE_DEFAULT_MODEL, {})", where);
+  return {};
+}
+
+std::filesystem::path default_model_path() {
+  namespace fs = std::filesystem;
+  if (const char* env = std::getenv("FLASHMOE_DEFAULT_MODEL"); env && *env) {
+    if (!fs::exists(env)) fail("FLASHMOE_DEFAULT_MODEL names '{}', which does not exist", env);
+    return env;
+  }
+  std::string where;
+  fs::path found = find_project_file(fs::path("models") / "default" / "flashmoe-default.gguf", where);
+  if (found.empty())
+    fail("no model given (-m) and the default model is missing (looked in FLASHMOE_DEFAULT_MODEL, {})", where);
+  return found;
 }
 
 void add_engine_options(CLI::App& cmd, EngineArgs& args) {

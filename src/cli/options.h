@@ -34,6 +34,10 @@ void add_engine_options(CLI::App& cmd, EngineArgs& args);
 // beside the executable (build/flashmoe -> ../models/default/...), else in the source tree it was built
 // from. An fm::Error listing the places looked in when it is in none.
 std::filesystem::path default_model_path();
+// A file shipped with or made in the project tree (REL relative to its root), looked for beside the
+// executable's tree (build/flashmoe -> ../REL), beside the executable, and in the source tree it was
+// built from. Empty if none exists; `where` then lists the places tried.
+std::filesystem::path find_project_file(const std::filesystem::path& rel, std::string& where);
 // Settles the streaming options against the loaded model: streaming is on when --stream,
 // --expert-cache or --mem-budget is given; the cache gets what the budget leaves after the dense
 // weights, the KV cache and the scratch (an fm::Error with the breakdown when that is too little).

@@ -207,6 +207,19 @@ void Transformer::run_layers(const int32_t* tokens, int n, const Rows& rows) {
 
 // Gated softmax attention. Qwen3.5: q_proj emits [q_h | gate_h] per head, and the output is
 // attn * sigmoid(gate); q and k get a per-head RMSNorm before the (partial) rotary embedding.
+void Transformer::project_query(const AttentionWeights& a, int n, float* q) {
+  const ModelConfig& c = model_.config;
+  const int hd = c.head_dim, nh = c.num_heads;
+  if (!c.attn_output_gate) return matmul(a.q, xn_.data(), n, q);
+  matmul(a.q, xn_.data(), n, proj_.data());  // [n][nh][q | gate]
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < nh; ++h) {
+      const float* src = proj_.data() + (int64_t(t) * nh + h) * 2 * hd;
+      std::copy(src, src + hd, q + (int64_t(t) * nh + h) * hd);
+      std::copy(src + hd, src + 2 * hd, gate_.data() + (int64_t(t) * nh + h) * hd);
+    }
+}
+
 void Transformer::attention_block(int layer, SequenceState& state, int n) {
   const ModelConfig& c = model_.config;
   const AttentionWeights& a = model_.weights.layers[size_t(layer)].attn;
@@ -216,17 +229,7 @@ void Transformer::attention_block(int layer, SequenceState& state, int n) {
   float* v_rows = state.v_cache[size_t(layer)].data() + int64_t(state.n_past) * kv_dim;
 
   float* q = mix_.data();  // q is staged in mix_, the output in proj_ once q is consumed
-  if (c.attn_output_gate) {
-    matmul(a.q, xn_.data(), n, proj_.data());  // [n][nh][q | gate]
-    for (int t = 0; t < n; ++t)
-      for (int h = 0; h < nh; ++h) {
-        const float* src = proj_.data() + (int64_t(t) * nh + h) * 2 * hd;
-        std::copy(src, src + hd, q + (int64_t(t) * nh + h) * hd);
-        std::copy(src + hd, src + 2 * hd, gate_.data() + (int64_t(t) * nh + h) * hd);
-      }
-  } else {
-    matmul(a.q, xn_.data(), n, q);
-  }
+  project_query(a, n, q);
   matmul(a.k, xn_.data(), n, k_rows);
   matmul(a.v, xn_.data(), n, v_rows);
   be_.rms_norm(q, a.q_norm.data(), n * nh, hd, c.rms_norm_eps, q);

@@ -107,6 +107,8 @@ class Transformer {
   // Embedding and decoder layers over the n rows of x_ (positions_ set by the caller).
   void run_layers(const int32_t* tokens, int n, const Rows& rows);
   void attention_block(int layer, SequenceState& state, int n);
+  // q of the n rows of xn_ into q ([n][nh * hd]); with an output gate, the gate into gate_.
+  void project_query(const AttentionWeights& a, int n, float* q);
   void deltanet_block(int layer, SequenceState& state, int n);
   void attention_batch(int layer, std::span<SequenceState* const> states);  // qwen_moe_batch.cpp
   void deltanet_batch(int layer, std::span<SequenceState* const> states);   // qwen_moe_batch.cpp

@@ -93,17 +93,7 @@ void Transformer::attention_batch(int layer, std::span<SequenceState* const> sta
   const int64_t q_dim = int64_t(nh) * hd, kv_dim = int64_t(nkv) * hd;
 
   float* q = mix_.data();  // [n][nh * hd], staged as in attention_block
-  if (c.attn_output_gate) {
-    matmul(a.q, xn_.data(), n, proj_.data());  // [n][nh][q | gate]
-    for (int t = 0; t < n; ++t)
-      for (int h = 0; h < nh; ++h) {
-        const float* src = proj_.data() + (int64_t(t) * nh + h) * 2 * hd;
-        std::copy(src, src + hd, q + (int64_t(t) * nh + h) * hd);
-        std::copy(src + hd, src + 2 * hd, gate_.data() + (int64_t(t) * nh + h) * hd);
-      }
-  } else {
-    matmul(a.q, xn_.data(), n, q);
-  }
+  project_query(a, n, q);
   matmul(a.k, xn_.data(), n, k_new_.data());  // [n][nkv * hd]
   matmul(a.v, xn_.data(), n, v_new_.data());
   be_.rms_norm(q, a.q_norm.data(), n * nh, hd, c.rms_norm_eps, q);
