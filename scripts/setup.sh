@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
           libcli11-dev libfmt-dev libpcre2-dev liburing-dev libcpp-httplib-dev libreadline-dev libutf8proc-dev
           zlib1g-dev tmux libcairo2-dev
+          python3 python3-pip  # the openai package for the server tests (below)
           clang libclang-rt-14-dev
           chromium  # chromium: the chat page test of flashmoe serve (headless)
           diatheke)  # diatheke: scripts/get_corpus.sh reads the evaluation text's SWORD modules with it
