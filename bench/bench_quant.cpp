@@ -40,12 +40,8 @@ std::vector<std::byte> random_weights(int64_t n_blocks) {
   return out;
 }
 
-template <class Q>
-void BM_matvec_quant(benchmark::State& state) {
-  const int threads = int(state.range(0));
-  const uint64_t row_bytes = uint64_t(kCols / Q::kBlock) * sizeof(typename Q::Block);
-  const std::vector<std::byte> weights = random_weights<Q>(kRows * kCols / Q::kBlock);
-  const fm::Mat w{Q::kType, kRows, kCols, weights.data(), row_bytes};
+// One-token matvec of w (kRows x kCols) on `threads` threads: weights and bytes per second.
+void time_matvec(benchmark::State& state, const fm::Mat& w, int threads) {
   std::vector<float> x(static_cast<size_t>(kCols), 0.5f), y(static_cast<size_t>(kRows));
   fm::ThreadPool pool(threads);
   for (auto _ : state) {
@@ -56,6 +52,15 @@ void BM_matvec_quant(benchmark::State& state) {
   state.SetItemsProcessed(int64_t(state.iterations()) * kRows * kCols);
   state.SetBytesProcessed(int64_t(state.iterations() * w.nbytes()));
   state.SetLabel(fm::cpu::matmul_isa());
+}
+
+template <class Q>
+void BM_matvec_quant(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  const uint64_t row_bytes = uint64_t(kCols / Q::kBlock) * sizeof(typename Q::Block);
+  const std::vector<std::byte> weights = random_weights<Q>(kRows * kCols / Q::kBlock);
+  const fm::Mat w{Q::kType, kRows, kCols, weights.data(), row_bytes};
+  time_matvec(state, w, threads);
 }
 
 // The float weight types of the same table (F16 and BF16 rows of random finite values).
@@ -69,16 +74,7 @@ void BM_matvec_float(benchmark::State& state) {
     v = kType == fm::DType::F16 ? fm::f32_to_f16(dist(rng)) : fm::f32_to_bf16(dist(rng));
   const fm::Mat w{kType, kRows, kCols, reinterpret_cast<const std::byte*>(weights.data()),
                   uint64_t(kCols) * 2};
-  std::vector<float> x(static_cast<size_t>(kCols), 0.5f), y(static_cast<size_t>(kRows));
-  fm::ThreadPool pool(threads);
-  for (auto _ : state) {
-    fm::cpu::matmul(w, x.data(), 1, y.data(), pool);
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  state.SetItemsProcessed(int64_t(state.iterations()) * kRows * kCols);
-  state.SetBytesProcessed(int64_t(state.iterations() * w.nbytes()));
-  state.SetLabel(fm::cpu::matmul_isa());
+  time_matvec(state, w, threads);
 }
 
 // MLX affine 4-bit (group 64, BF16 scales and biases, as mlx-community checkpoints), same shape.
@@ -96,15 +92,7 @@ void BM_matvec_MLX4(benchmark::State& state) {
   w.mlx = fm::MlxGroups{reinterpret_cast<const std::byte*>(scales.data()),
                         reinterpret_cast<const std::byte*>(biases.data()), uint64_t(kCols / kGroup) * 2,
                         fm::DType::BF16, int(kGroup)};
-  std::vector<float> x(static_cast<size_t>(kCols), 0.5f), y(static_cast<size_t>(kRows));
-  fm::ThreadPool pool(threads);
-  for (auto _ : state) {
-    fm::cpu::matmul(w, x.data(), 1, y.data(), pool);
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  state.SetItemsProcessed(int64_t(state.iterations()) * kRows * kCols);
-  state.SetLabel(fm::cpu::matmul_isa());
+  time_matvec(state, w, threads);
 }
 BENCHMARK(BM_matvec_MLX4)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->MinWarmUpTime(0.2);
 

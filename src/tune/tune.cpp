@@ -390,15 +390,9 @@ class Tuner {
     std::vector<uint64_t> hashes;
     const auto t0 = std::chrono::steady_clock::now();
     try {
-      std::unique_ptr<Model> other;
-      if (s.model != base_setting_.model) other = Model::load(s.model);
-      const Model& model = other ? *other : *base_model_;
-      const TransformerOptions topt = transformer_options(s, model, max_context_, kMaxBatch, o_.plan_context);
-      if (s.stream) drop_page_cache(s.model);
-      CpuBackend backend(s.threads);
-      Transformer tf(model, backend, topt);
-      Quality q = evaluator_->run(tf, is_base);
-      const Speed sp = measure_speed(tf, o_);
+      Engine engine(*this, s);
+      Quality q = evaluator_->run(engine.tf, is_base);
+      const Speed sp = measure_speed(engine.tf, o_);
       t.decode_tok_s = sp.decode_tok_s;
       t.prefill_tok_s = sp.prefill_tok_s;
       t.io_wait_ms = sp.io_wait_ms;
@@ -513,15 +507,31 @@ class Tuner {
 
   // The speed of a setting alone, on a fresh engine.
   Speed remeasure(const Setting& s) {
-    std::unique_ptr<Model> other;
-    if (s.model != base_setting_.model) other = Model::load(s.model);
-    const Model& model = other ? *other : *base_model_;
-    const TransformerOptions topt = transformer_options(s, model, max_context_, kMaxBatch, o_.plan_context);
-    if (s.stream) drop_page_cache(s.model);
-    CpuBackend backend(s.threads);
-    Transformer tf(model, backend, topt);
-    return measure_speed(tf, o_);
+    Engine engine(*this, s);
+    return measure_speed(engine.tf, o_);
   }
+
+  // A fresh engine for a setting: its model (the base one unless the setting names another file),
+  // threads and transformer options; a streaming setting starts from a cold page cache.
+  struct Engine {
+    std::unique_ptr<Model> other;
+    const Model& model;
+    CpuBackend backend;
+    Transformer tf;
+    Engine(const Tuner& tuner, const Setting& s)
+        : other(s.model != tuner.base_setting_.model ? Model::load(s.model) : nullptr),
+          model(other ? *other : *tuner.base_model_),
+          backend(s.threads),
+          tf(model, backend, start(tuner, s, model)) {}
+
+   private:
+    static TransformerOptions start(const Tuner& tuner, const Setting& s, const Model& model) {
+      const TransformerOptions topt =
+          transformer_options(s, model, tuner.max_context_, kMaxBatch, tuner.o_.plan_context);
+      if (s.stream) drop_page_cache(s.model);
+      return topt;
+    }
+  };
 
   // The base and the best again, alternating, so that both see the same machine.
   void confirm() {
