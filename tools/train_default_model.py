@@ -136,17 +136,20 @@ def cmd_unigram(args):
 # --------------------------------------------------------------------------------------------- model
 def model_config(vocab_size):
     from transformers import Qwen3_5MoeTextConfig
-    layers = 8
+    # Every matrix's input width is a multiple of 256 (hidden 256, expert width 256, 512-wide DeltaNet
+    # values), so every GGUF block type applies to every matrix, K-quants and IQ types included; six
+    # layers keep the Q8_0 file under 40 MB and the bf16 checkpoint under 64 MB.
+    layers = 6
     return Qwen3_5MoeTextConfig(
-        vocab_size=vocab_size, hidden_size=320, num_hidden_layers=layers,
-        layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
+        vocab_size=vocab_size, hidden_size=256, num_hidden_layers=layers,
+        layer_types=["full_attention" if (i + 1) % 3 == 0 else "linear_attention" for i in range(layers)],
         num_attention_heads=4, num_key_value_heads=2, head_dim=64,
         linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=64, linear_value_head_dim=64,
-        linear_conv_kernel_dim=4, num_experts=32, num_experts_per_tok=4, moe_intermediate_size=64,
+        linear_conv_kernel_dim=4, num_experts=16, num_experts_per_tok=4, moe_intermediate_size=256,
         shared_expert_intermediate_size=256, rms_norm_eps=1e-6, max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
                          "mrope_section": [3, 3, 2], "mrope_interleaved": True},
-        tie_word_embeddings=False, router_aux_loss_coef=0.01, output_router_logits=False,
+        tie_word_embeddings=False, router_aux_loss_coef=0.02, output_router_logits=False,
         initializer_range=0.02, bos_token_id=None, pad_token_id=None)
 
 
@@ -203,6 +206,31 @@ def param_counts(model, config):
     per_expert = expert / (config.num_experts * config.num_hidden_layers)
     active = total - expert + per_expert * config.num_experts_per_tok * config.num_hidden_layers
     return total, expert, int(active)
+
+
+def router_probs(r):
+    """The routers' softmax. transformers' MoE routers return their softmax as "router_logits" (the
+    load-balancing helper then takes a softmax of those again, which flattens them towards uniform and
+    leaves the balance term near top-k whatever the routing); accept either form."""
+    import torch
+    r = r.float().reshape(-1, r.shape[-1])
+    if bool((r >= 0).all()) and bool(torch.allclose(r.sum(-1), torch.ones_like(r[:, 0]), atol=1e-3)):
+        return r
+    return torch.softmax(r, dim=-1)
+
+
+def balance_loss(router_logits, top_k):
+    """Switch-style load balancing, per layer and averaged over layers: E * sum_i f_i * P_i, where f_i is
+    the fraction of top-k slots expert i gets and P_i its mean router probability (top_k when balanced)."""
+    import torch
+    terms = []
+    for r in router_logits:
+        p = router_probs(r)
+        n_experts = p.shape[-1]
+        top = torch.topk(p, top_k, dim=-1).indices
+        f = torch.zeros_like(p).scatter_(1, top, 1.0).mean(0)
+        terms.append(n_experts * (f * p.mean(0)).sum())
+    return torch.stack(terms).mean()
 
 
 def bf16_grouped_mm():
@@ -293,10 +321,13 @@ def cmd_train(args):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             out = model(input_ids=x, output_router_logits=True, use_cache=False)
             # The model's own loss shifts the labels; the windows here are already shifted, so the
-            # cross-entropy is taken directly, plus transformers' load-balancing loss as the model adds it.
+            # cross-entropy is taken directly, plus a load-balancing term per layer (transformers' own
+            # balances all layers' slots together, which left half the experts of the late layers idle in
+            # an earlier run, and takes a softmax of the routers' probabilities).
             lm_loss = torch.nn.functional.cross_entropy(out.logits.float().reshape(-1, config.vocab_size),
                                                         y.reshape(-1))
-            loss = lm_loss + config.router_aux_loss_coef * out.aux_loss
+            aux_loss = balance_loss(out.router_logits, config.num_experts_per_tok)
+            loss = lm_loss + config.router_aux_loss_coef * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -304,7 +335,7 @@ def cmd_train(args):
         step += 1
         tokens_seen += x.numel()
         if step % args.log_every == 0 or step == 1 or step == steps:
-            aux, lm = float(out.aux_loss.detach()), float(lm_loss.detach())
+            aux, lm = float(aux_loss.detach()), float(lm_loss.detach())
             el = time.time() - t_start
             log(f"step {step}/{steps or '?'} lr {lr:.2e} loss {lm:.4f} ppl {math.exp(lm):.2f} aux {aux:.4f} "
                 f"gnorm {float(gnorm):.3f} tokens {tokens_seen:,} elapsed {el:.0f}s {tokens_seen / el:,.0f} tok/s")

@@ -129,8 +129,28 @@ void run_perplexity(const PerplexityArgs& a) {
                                                  a.save_logits.empty() ? nullptr : &saved);
   if (!a.save_logits.empty()) saved.save(a.save_logits);
 
+  // With streamed experts, what the expert cache did over the whole evaluation: with --batch 1 every
+  // token goes through the decode path, so this is the cache on real text, token by token.
+  nlohmann::ordered_json stream_json;
+  std::string stream_line;
+  if (const ExpertStore* store = transformer.expert_store()) {
+    const ExpertStoreStats s = store->stats();
+    const double evaluated = double(r.chunks) * ctx;
+    const double hits = double(s.hits + s.prefetch_hits);
+    const double hit_rate = s.demanded > 0 ? hits / double(s.demanded) : 0.0;
+    const double disk_per_token = evaluated > 0 ? double(store->io_stats().bytes_read) / evaluated : 0.0;
+    stream_json = {{"expert_cache_slots", store->slots()},
+                   {"cache_hit_rate", hit_rate},
+                   {"cache_misses", s.misses},
+                   {"disk_bytes_read_per_token", disk_per_token}};
+    stream_line = fmt::format("stream: {} cache slots, hits {:.1f}%, {:.3f} MB read from disk per evaluated token",
+                              store->slots(), 100 * hit_rate, disk_per_token / 1e6);
+  }
+
   if (a.json) {
-    std::printf("%s\n", to_json(r, ctx).dump().c_str());
+    nlohmann::ordered_json j = to_json(r, ctx);
+    for (const auto& [k, v] : stream_json.items()) j[k] = v;
+    std::printf("%s\n", j.dump().c_str());
     return;
   }
   std::string running;
@@ -141,6 +161,7 @@ void run_perplexity(const PerplexityArgs& a) {
   std::printf("%lld tokens scored in %d windows of %d, %.2f s (%.1f tokens/s evaluated)\n",
               (long long)r.tokens, r.chunks, ctx, r.seconds,
               r.seconds > 0 ? double(r.chunks) * ctx / r.seconds : 0.0);
+  if (!stream_line.empty()) std::printf("%s\n", stream_line.c_str());
   if (r.has_base) {
     std::printf("\n");
     print_kl_report(r);

@@ -132,7 +132,7 @@ void add_engine_options(CLI::App& cmd, EngineArgs& args) {
       ->check(CLI::Range(1, 64));
   g->add_flag("--direct-io", args.transformer.stream.io.direct, "Read experts with O_DIRECT (no page cache)");
   g->add_option("--io-backend", args.io_backend, "pread or uring")->check(CLI::IsMember({"pread", "uring"}));
-  g->add_option("--cache-policy", args.cache_policy, "Expert cache eviction: lfu (default) or lru")
+  g->add_option("--cache-policy", args.cache_policy, "Expert cache eviction: lfu (default: use counts per expert, decaying) or lru")
       ->check(CLI::IsMember({"lru", "lfu"}));
   g->add_option("--predict", args.predict,
                 "Expert predictors to prefetch with: lookahead, temporal, both (comma-separated) or none");

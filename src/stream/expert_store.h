@@ -92,11 +92,11 @@ class ExpertStore {
     int pins = 0;
     io::JobId job = 0;
     uint64_t last_use = 0;
-    uint64_t uses = 0;
     std::byte* buffer = nullptr;
   };
 
   int64_t key(int layer, int expert) const { return int64_t(layer) * n_experts_ + expert; }
+  double frequency(int64_t key) const;  // the key's use count, decayed to the current clock
   int find_victim();
   int start_read(int layer, int expert, io::Priority priority);
   void complete(Slot& slot);
@@ -112,6 +112,10 @@ class ExpertStore {
   uint64_t slot_bytes_ = 0, expert_bytes_ = 0;
   std::vector<Slot> slots_;
   std::vector<int32_t> slot_of_;     // [layer * E + expert] -> slot or -1
+  // LFU: how often each expert was used, cached or not, halved every half_life_ uses of any expert.
+  std::vector<float> freq_;          // [layer * E + expert], as of freq_clock_
+  std::vector<uint64_t> freq_clock_;
+  double half_life_ = 0;
   int current_layer_ = -1;
   uint64_t clock_ = 0;
   ExpertStoreStats stats_;

@@ -8,6 +8,8 @@
 #include <iterator>
 #include <tuple>
 
+#include <nlohmann/json.hpp>
+
 #include "eval/perplexity.h"
 #include "model/model.h"
 #include "model/qwen_moe.h"
@@ -330,6 +332,22 @@ TEST(PerplexityCli, ReportsAndComparesWithASavedBase) {
   std::tie(rc, out) = run("", "32", "/nonexistent/text.txt");
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("cannot open"), std::string::npos) << out;
+
+  // Streamed experts, token by token: the same perplexity to the bit, plus what the expert cache did.
+  auto json_of = [&](const std::string& args) {
+    const auto [code, text] = run("--json " + args);
+    EXPECT_EQ(code, 0) << text;
+    return nlohmann::json::parse(text.substr(text.find('{')));
+  };
+  const nlohmann::json mapped = json_of("--batch 1");
+  const nlohmann::json streamed = json_of("--batch 1 --stream --expert-cache 6M --predict none");
+  EXPECT_EQ(mapped["ppl"].get<double>(), streamed["ppl"].get<double>());
+  EXPECT_FALSE(mapped.contains("cache_hit_rate"));
+  ASSERT_TRUE(streamed.contains("cache_hit_rate")) << streamed.dump();
+  EXPECT_GT(streamed["cache_hit_rate"].get<double>(), 0.0);
+  EXPECT_LT(streamed["cache_hit_rate"].get<double>(), 1.0);
+  EXPECT_GT(streamed["disk_bytes_read_per_token"].get<double>(), 0.0);
+  EXPECT_GT(streamed["cache_misses"].get<uint64_t>(), 0u);
 }
 
 }  // namespace

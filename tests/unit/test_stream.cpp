@@ -12,6 +12,7 @@
 #include "model/model.h"
 #include "model/qwen_moe.h"
 #include "ops/cpu/cpu_backend.h"
+#include "stream/expert_store.h"
 #include "stream/memory_plan.h"
 #include "test_util.h"
 #include "util/error.h"
@@ -158,6 +159,41 @@ TEST(StreamFaults, ReadErrorNamesTheFileAndLeavesTheCacheUsable) {
     state.reset();
     t.forward(state, ref.prompt, logits.data(), true);
     EXPECT_EQ(test::max_abs_diff(logits.data(), resident.data(), logits.size()), 0.0);
+  }
+}
+
+// The policies on a known pattern: one expert used ten times, then five others once each, in a cache of
+// five slots. The sixth distinct expert evicts one: LRU drops the often used one (the least recent),
+// LFU one used once. Then the often used one again: a hit under LFU only.
+TEST(StreamPolicy, LfuKeepsTheOftenUsedExpertLruDoesNot) {
+  const test::Reference ref = test::load_reference("qwen3moe-f16");
+  const auto model = Model::load(ref.dir);
+  const int k = model->config.num_experts_per_tok;
+  ASSERT_GE(model->config.num_experts, 6);
+  uint64_t slot_bytes = 0;
+  {
+    const ExpertStore probe(*model, StreamOptions{.io = {.threads = 1}, .cache_bytes = 1ull << 30}, k);
+    slot_bytes = probe.slot_bytes();
+  }
+  const uint64_t slots = uint64_t(std::max(k + 1, 5));
+  for (const CachePolicy policy : {CachePolicy::Lru, CachePolicy::Lfu}) {
+    ExpertStore store(*model, StreamOptions{.io = {.threads = 1}, .cache_bytes = slots * slot_bytes, .policy = policy},
+                      k);
+    ASSERT_EQ(uint64_t(store.slots()), slots);
+    auto use = [&](int expert) {
+      const int32_t e[1] = {expert};
+      store.demand(0, e);
+      store.acquire(0, expert);
+      store.release(0, expert);
+    };
+    for (int i = 0; i < 10; ++i) use(0);
+    for (int e = 1; e <= int(slots); ++e) use(e);
+    const bool lfu = policy == CachePolicy::Lfu;
+    EXPECT_EQ(store.cached(0, 0), lfu) << (lfu ? "LFU" : "LRU");
+    EXPECT_EQ(store.cached(0, 1), !lfu) << (lfu ? "LFU" : "LRU");
+    const uint64_t hits = store.stats().hits;
+    use(0);
+    EXPECT_EQ(store.stats().hits - hits, lfu ? 1u : 0u);
   }
 }
 
