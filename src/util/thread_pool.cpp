@@ -1,7 +1,8 @@
-// The pool's hand-off works by generation: the caller publishes a job and bumps generation_, each
-// worker runs its share and counts pending_ down, and the caller returns once pending_ reaches zero.
-// A worker cannot skip a generation, because the next job starts only after every worker has
-// finished the current one. An exception from fn reaches the caller only from share 0; on a worker
+// The pool's hand-off works by generation: the caller publishes a job and bumps the generation in
+// job_word_, together with the number of shares; each worker whose index is below that runs its share
+// and counts pending_ down, and the caller returns once pending_ reaches zero. A taking part worker
+// cannot skip a generation, because the next job starts only after every such worker has finished
+// the current one; a worker left out may skip generations, and never touches the job's fields. An exception from fn reaches the caller only from share 0; on a worker
 // it terminates, so kernels report broken invariants with FM_CHECK.
 // parallel_for is neither reentrant (fn must not call it) nor safe to call from two threads at once.
 #include "util/thread_pool.h"
@@ -41,7 +42,8 @@ inline void share_range(int64_t n, int64_t grain, int n_shares, int index, int64
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads) {
-  FM_CHECK(n_threads >= 1, "thread pool needs at least one thread, got {}", n_threads);
+  FM_CHECK(n_threads >= 1 && n_threads < (1 << kShareBits), "thread pool needs 1 to {} threads, got {}",
+           (1 << kShareBits) - 1, n_threads);
   threads_.reserve(size_t(n_threads - 1));
   for (int i = 1; i < n_threads; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
@@ -59,7 +61,9 @@ void ThreadPool::run(int64_t n, int64_t grain, RangeFn fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
   // One chunk or one thread: the whole range is share 0, and waking the workers would only cost.
-  if (n_threads_ == 1 || n <= grain) {
+  const int64_t chunks = (n + grain - 1) / grain;
+  const int shares = int(std::min<int64_t>(n_threads_, chunks));
+  if (shares == 1) {
     fn(0, n, 0);
     return;
   }
@@ -70,8 +74,9 @@ void ThreadPool::run(int64_t n, int64_t grain, RangeFn fn) {
     job_ = &fn;
     job_n_ = n;
     job_grain_ = grain;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    pending_.store(shares - 1, std::memory_order_relaxed);
+    const uint64_t generation = (job_word_.load(std::memory_order_relaxed) >> kShareBits) + 1;
+    job_word_.store(generation << kShareBits | uint64_t(shares), std::memory_order_release);
   }
   // Cheap when every worker is spinning: glibc skips the futex call when nobody waits.
   wake_.notify_all();
@@ -79,7 +84,7 @@ void ThreadPool::run(int64_t n, int64_t grain, RangeFn fn) {
   // If our share throws, the workers still hold fn and the job: let them finish before unwinding.
   std::exception_ptr error;
   try {
-    run_share(0);
+    run_share(0, shares);
   } catch (...) {
     error = std::current_exception();
   }
@@ -97,19 +102,19 @@ void ThreadPool::run(int64_t n, int64_t grain, RangeFn fn) {
   if (error) std::rethrow_exception(error);
 }
 
-void ThreadPool::run_share(int index) {
+void ThreadPool::run_share(int index, int n_shares) {
   int64_t begin, end;
-  share_range(job_n_, job_grain_, n_threads_, index, begin, end);
+  share_range(job_n_, job_grain_, n_shares, index, begin, end);
   if (begin < end) (*job_)(begin, end, index);
 }
 
 void ThreadPool::worker(int index) {
-  uint64_t seen = 0;
+  uint64_t seen = 0;  // the generation last handled (taken part in or left out of)
   for (;;) {
     // Poll first; the clock is read only every few dozen pauses to keep the loop light.
     const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
-    uint64_t gen = generation_.load(std::memory_order_acquire);
-    for (int spins = 1; gen == seen && !stop_.load(std::memory_order_acquire); ++spins) {
+    uint64_t word = job_word_.load(std::memory_order_acquire);
+    for (int spins = 1; word >> kShareBits == seen && !stop_.load(std::memory_order_acquire); ++spins) {
       if (spins % 64 == 0) {
         if (std::chrono::steady_clock::now() >= spin_until) break;
         // Let the caller run if it shares our core (more threads than cores).
@@ -117,18 +122,20 @@ void ThreadPool::worker(int index) {
       } else {
         cpu_relax();
       }
-      gen = generation_.load(std::memory_order_acquire);
+      word = job_word_.load(std::memory_order_acquire);
     }
-    if (gen == seen) {
+    if (word >> kShareBits == seen) {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] {
-        gen = generation_.load(std::memory_order_acquire);
-        return gen != seen || stop_.load(std::memory_order_acquire);
+        word = job_word_.load(std::memory_order_acquire);
+        return word >> kShareBits != seen || stop_.load(std::memory_order_acquire);
       });
     }
     if (stop_.load(std::memory_order_acquire)) return;
-    seen = gen;
-    run_share(index);
+    seen = word >> kShareBits;
+    const int shares = int(word & ((uint64_t(1) << kShareBits) - 1));
+    if (index >= shares) continue;
+    run_share(index, shares);
     // Release: the caller's acquire of pending_ == 0 makes our outputs visible to it.
     pending_.fetch_sub(1, std::memory_order_release);
   }

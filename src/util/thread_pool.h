@@ -1,7 +1,8 @@
 // A fixed pool of worker threads for data-parallel kernels. parallel_for splits [0, n) into one
-// contiguous range per thread (the calling thread takes part) and returns when all are done.
-// Workers spin briefly before sleeping, so the many short kernels of a decode step do not pay a
-// futex wake-up each.
+// contiguous range per taking part thread (the calling thread is one) and returns when all are done.
+// Only as many threads take part as there are chunks of `grain`: a small kernel on a many-core
+// machine waits for 4 threads, not for all of them. Workers spin briefly before sleeping, so the many
+// short kernels of a decode step do not pay a futex wake-up each.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -43,13 +44,17 @@ class ThreadPool {
  private:
   void run(int64_t n, int64_t grain, RangeFn fn);
   void worker(int index);
-  void run_share(int index);
+  void run_share(int index, int n_shares);
+
+  // The job word: generation << kShareBits | number of shares. One atomic load tells a worker both
+  // that a job is new and whether it takes part, so one that does not never reads the job's fields.
+  static constexpr int kShareBits = 16;
 
   int n_threads_;
   std::vector<std::thread> threads_;
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::atomic<uint64_t> generation_{0};
+  std::atomic<uint64_t> job_word_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
   const RangeFn* job_ = nullptr;

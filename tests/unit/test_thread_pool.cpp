@@ -77,7 +77,9 @@ TEST(thread_pool, CallerRunsShareZero) {
 }
 
 TEST(thread_pool, ManyTinyJobsBackToBack) {
-  for (int threads : {2, 3}) {
+  // With more threads than some jobs have chunks, the set of threads taking part changes from one
+  // job to the next: workers left out of a job must neither run it nor miss the next one.
+  for (int threads : {2, 3, 5, 8}) {
     ThreadPool pool(threads);
     std::vector<int64_t> slots(64, 0);
     int64_t expected = 0;
@@ -92,6 +94,16 @@ TEST(thread_pool, ManyTinyJobsBackToBack) {
     int64_t total = 0;
     for (int64_t v : slots) total += v;
     EXPECT_EQ(total, expected) << "threads=" << threads;
+  }
+}
+
+TEST(thread_pool, OnlyAsManyThreadsAsChunksTakePart) {
+  ThreadPool pool(6);
+  for (int64_t chunks : {2, 3, 6, 9}) {
+    std::atomic<int> seen{0};
+    pool.parallel_for(chunks * 16, 16, [&](int64_t, int64_t, int thread) { seen.fetch_or(1 << thread); });
+    const int taking_part = int(std::min<int64_t>(chunks, 6));
+    EXPECT_EQ(seen.load(), (1 << taking_part) - 1) << chunks << " chunks";
   }
 }
 
