@@ -109,7 +109,7 @@ void add_engine_options(CLI::App& cmd, EngineArgs& args) {
     if (!args.config.empty()) apply_config_file(cmd, args);
     if (args.model.empty()) args.model = default_model_path().string();
   });
-  cmd.add_option("-t,--threads", args.threads, "Compute threads (default: all hardware threads)")
+  cmd.add_option("-t,--threads", args.threads, "Compute threads (default: one per physical core)")
       ->check(CLI::NonNegativeNumber);
   cmd.add_option("--ctx", args.transformer.max_context, "Context length (KV cache size) in tokens")
       ->check(CLI::PositiveNumber);
@@ -177,7 +177,9 @@ void resolve_streaming(EngineArgs& args, const Model& model) {
                args.mem_budget ? fmt::format(" (budget {:.2f} GB)", double(args.mem_budget) / 1e9).c_str() : "");
 }
 
-int resolve_threads(int requested) { return requested > 0 ? requested : hardware_threads(); }
+// One thread per core, as llama.cpp defaults to: a second thread on an SMT sibling shares the core's
+// load/store and vector units, which a matmul already keeps busy, and adds a thread to every barrier.
+int resolve_threads(int requested) { return requested > 0 ? requested : physical_cores(); }
 
 std::vector<int32_t> parse_id_list(const std::string& text, const char* what) {
   std::vector<int32_t> ids;

@@ -12,7 +12,7 @@ namespace fm::cli {
 
 struct EngineArgs {
   std::string model;
-  int threads = 0;  // 0: all hardware threads
+  int threads = 0;  // 0: one per physical core
   TransformerOptions transformer;
   // Expert streaming, as given on the command line (sizes in bytes, 0: not given).
   bool stream = false;
