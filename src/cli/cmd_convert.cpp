@@ -11,7 +11,7 @@ namespace fm::cli {
 namespace {
 
 struct ConvertArgs {
-  std::string input, output, type = "F16", expert_type;
+  std::string input, output, type = "F16", expert_type, imatrix;
   std::vector<std::string> tensor_types;
   int threads = 0;
 };
@@ -22,6 +22,7 @@ void convert(const ConvertArgs& a) {
   if (!a.expert_type.empty()) o.expert_type = parse_output_type(a.expert_type, "--expert-type");
   for (const std::string& rule : a.tensor_types) o.rules.push_back(parse_tensor_type_rule(rule));
   o.threads = resolve_threads(a.threads);
+  o.imatrix = a.imatrix;
   convert_to_gguf(a.input, a.output, o, [](const ConvertProgress& p) {
     std::fprintf(stderr, "\r[%zu/%zu] %3.0f%% %-40s %-8s", p.tensor_index + 1, p.tensor_count,
                  100.0 * double(p.values_done) / double(p.values_total), p.name.c_str(),
@@ -39,7 +40,10 @@ void add_convert(CLI::App& app) {
   cmd->add_option("-o,--output", args->output, "Output .gguf file (written only when complete)")->required();
   cmd->add_option("--type", args->type, "Type of the weight matrices: F32, F16, BF16, Q8_0, Q4_K, ...");
   cmd->add_option("--expert-type", args->expert_type, "Type of the routed experts (default: --type)");
-  cmd->add_option("--tensor-type", args->tensor_types, "REGEX=TYPE for tensors whose GGUF name matches (repeatable)");
+  cmd->add_option("--tensor-type", args->tensor_types,
+                  "REGEX=TYPE for tensors whose GGUF name matches (repeatable)");
+  cmd->add_option("--imatrix", args->imatrix,
+                  "Importance matrix (llama-imatrix's GGUF) to quantize with, as llama-quantize --imatrix");
   cmd->add_option("-t,--threads", args->threads, "Threads (default: all)")->check(CLI::NonNegativeNumber);
   cmd->callback([args] { convert(*args); });
 }

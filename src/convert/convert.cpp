@@ -10,6 +10,7 @@
 
 #include "formats/gguf.h"
 #include "formats/gguf_writer.h"
+#include "formats/imatrix.h"
 #include "formats/quant.h"
 #include "model/gguf_model.h"
 #include "model/model.h"
@@ -394,6 +395,34 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
     types.push_back(*t);
   }
 
+  // Each tensor's importance entry, checked before anything is written.
+  std::optional<ImportanceMatrix> imatrix;
+  std::vector<const ImportanceEntry*> importance(plans.size(), nullptr);
+  int without_importance = 0, with_importance = 0;
+  if (!options.imatrix.empty()) {
+    imatrix.emplace(ImportanceMatrix::load(options.imatrix));
+    for (size_t i = 0; i < plans.size(); ++i) {
+      const Plan& p = plans[i];
+      const DType t = types[i];
+      if (!is_quantized(t) || (p.source && p.source->dtype == t))
+        continue;  // copied or float: nothing to weigh
+      importance[i] = imatrix->for_tensor(p.name, p.shape);
+      if (importance[i] && importance_use(t) == ImportanceUse::Unsupported)
+        fail(
+            "--imatrix: tensor '{}' is to be quantized to {}, which flashmoe cannot quantize with an "
+            "importance "
+            "matrix (types that use one: {}; Q8_0 and float types ignore it)",
+            p.name, dtype_name(t), importance_types());
+      if (!importance[i] && t == DType::IQ3_XXS && p.name != "token_embd.weight" && p.name != "output.weight")
+        fail(
+            "--imatrix: {} has no entry for tensor '{}', which is to be quantized to IQ3_XXS; like "
+            "llama-quantize, "
+            "flashmoe does not make IQ3_XXS without one when an importance matrix is given",
+            imatrix->path(), p.name);
+      if (importance_use(t) == ImportanceUse::Used) ++(importance[i] ? with_importance : without_importance);
+    }
+  }
+
   GgufWriter out(output);
   if (gguf) {
     for (const GgufKv& kv : gguf->metadata())
@@ -422,6 +451,8 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
       const uint64_t row_bytes = *dtype_row_bytes(types[i], uint64_t(cols));
       buffer.resize(size_t(row_bytes * uint64_t(rows)));
       std::atomic<int64_t> exact{0};
+      const ImportanceEntry* weights = importance[i];
+      const int64_t rows_per_matrix = p.shape.size() == 3 ? p.shape[1] : rows;
       pool.parallel_for(rows, 16, [&](int64_t r0, int64_t r1, int) {
         std::vector<float> row(static_cast<size_t>(cols));
         for (int64_t r = r0; r < r1; ++r) {
@@ -431,7 +462,7 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
             continue;
           }
           p.row(r, row.data());
-          quantize_row(types[i], row.data(), cols, dst);
+          quantize_row(types[i], row.data(), cols, dst, weights ? weights->matrix(r / rows_per_matrix) : nullptr);
         }
       });
       if (exact.load() > 0) ++exact_tensors;
@@ -442,6 +473,9 @@ void convert_to_gguf(const std::filesystem::path& input, const std::filesystem::
     if (progress) progress(ConvertProgress{i, plans.size(), p.name, types[i], values_done, values_total});
   }
   out.finish();
+  if (imatrix)
+    std::fprintf(stderr, "convert: %d tensors quantized with the importance matrix, %d without (no entry)\n",
+                 with_importance, without_importance);
   if (exact_tensors > 0 || requantized_mlx > 0)
     std::fprintf(stderr, "convert: %d MLX 4-bit tensors repacked as Q4_1 without requantizing%s\n", exact_tensors,
                  requantized_mlx ? fmt::format(" ({} had groups whose scale or bias f16 cannot hold: requantized)",

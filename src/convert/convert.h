@@ -24,6 +24,12 @@ struct ConvertOptions {
   std::optional<DType> expert_type;    // routed experts (default: type)
   std::vector<TensorTypeRule> rules;   // first match wins over the above
   int threads = 1;
+  // llama.cpp's importance matrix (formats/imatrix.h; empty: none). Each quantized tensor with an entry
+  // is quantized with it, row by row (an expert's rows with that expert's part), as llama-quantize does.
+  // A tensor without an entry is quantized without, except at IQ3_XXS, which llama-quantize refuses
+  // without one (but for token_embd and output), and so does this. A type that has an entry but cannot
+  // use it (formats/quant.h, ImportanceUse::Unsupported) is an error, not silently ignored.
+  std::filesystem::path imatrix;
 };
 
 struct ConvertProgress {

@@ -255,18 +255,197 @@ ScaleMin16 quantize_k_scales_mins(const float* x, uint8_t* packed, uint8_t* L, f
   return {d16, dmin16};
 }
 
-void quantize_block(const float* x, Q4_K::Block& b) {
+// ---- Q4_K / Q5_K with an importance matrix (quantize_row_q4_K_impl / q5_K_impl) --------------------
+
+// make_qkx3_quants without use_mad: make_qkx2_quants' sweep with llama.cpp's summation order.
+float make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float& the_min,
+                       uint8_t* Laux, float rmin, float rdelta, int nstep) {
+  float min = x[0], max = x[0];
+  float sum_w = weights[0], sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    sum_w += weights[i];
+    sum_x += weights[i] * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max <= min) {
+    std::fill(L, L + n, uint8_t(0));
+    the_min = -min;
+    return 0.0f;
+  }
+  float iscale = float(nmax) / (max - min);
+  float scale = 1 / iscale;
+  float best = 0;
+  for (int i = 0; i < n; ++i) {
+    L[i] = uint8_t(std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax));
+    const float diff = scale * float(L[i]) + min - x[i];
+    best += weights[i] * (diff * diff);
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * float(is) + float(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax);
+      Laux[i] = uint8_t(l);
+      const float w = weights[i];
+      sum_l += w * float(l);
+      sum_l2 += w * float(l) * float(l);
+      sum_xl += w * float(l) * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float cur = 0;
+      for (int i = 0; i < n; ++i) {
+        const float diff = this_scale * float(Laux[i]) + this_min - x[i];
+        cur += weights[i] * (diff * diff);
+      }
+      if (cur < best) {
+        std::copy(Laux, Laux + n, L);
+        best = cur;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  the_min = -min;
+  return scale;
+}
+
+// make_qp_quants: non-negative levels 0..nmax for n non-negative values, weighted by quant_weights:
+// a sweep of scales around max / nmax, then up to 5 rounds of moving single levels while that
+// raises the fit.
+float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
+  float max = 0;
+  for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
+  if (max < kGroupMaxEps) {
+    std::fill(L, L + n, uint8_t(0));
+    return 0.0f;
+  }
+  float iscale = float(nmax) / max;
+  for (int i = 0; i < n; ++i) L[i] = uint8_t(nearest_int(iscale * x[i]));
+  const float scale = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; ++i) {
+    const float diff = x[i] - scale * float(L[i]);
+    best_mse += quant_weights[i] * diff * diff;
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * float(is) + float(nmax)) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
+      const float diff = x[i] - scale_is * float(l);
+      mse += quant_weights[i] * diff * diff;
+    }
+    if (mse < best_mse) {
+      best_mse = mse;
+      iscale = iscale_is;
+    }
+  }
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::min(nmax, nearest_int(iscale * x[i]));
+    L[i] = uint8_t(l);
+    const float w = quant_weights[i];
+    sumlx += w * x[i] * float(l);
+    suml2 += w * float(l) * float(l);
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int n_changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = quant_weights[i];
+      float slx = sumlx - w * x[i] * float(L[i]);
+      float sl2 = suml2 - w * float(L[i]) * float(L[i]);
+      if (slx > 0 && sl2 > 0) {
+        const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
+        if (new_l != L[i]) {
+          slx += w * x[i] * float(new_l);
+          sl2 += w * float(new_l) * float(new_l);
+          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+            L[i] = uint8_t(new_l);
+            sumlx = slx;
+            suml2 = sl2;
+            ++n_changed;
+          }
+        }
+      }
+    }
+    if (!n_changed) break;
+  }
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// The scales, mins and levels of a Q4_K / Q5_K super-block with the importance matrix qw: per 32
+// values weights qw * sqrt(sigma2 + x^2), a weighted scale-and-min fit, then the 6-bit scales and
+// mins by make_qp_quants weighted by each group's total weight.
+template <int kMaxLevel>
+ScaleMin16 quantize_k_weighted(const float* x, const float* qw, uint8_t* packed, uint8_t* L) {
+  float scales[8], mins[8], sw[8], weights[32];
+  uint8_t Laux[32], Ls[8], Lm[8];
+  float sum_x2 = 0;
+  for (int l = 0; l < 256; ++l) sum_x2 += x[l] * x[l];
+  const float sigma2 = 2 * sum_x2 / 256;
+  for (int j = 0; j < 8; ++j) {
+    for (int l = 0; l < 32; ++l)
+      weights[l] = qw[32 * j + l] * std::sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+    float sumw = 0;
+    for (int l = 0; l < 32; ++l) sumw += weights[l];
+    sw[j] = sumw;
+    scales[j] =
+        make_qkx3_quants(32, kMaxLevel, x + 32 * j, weights, L + 32 * j, mins[j], Laux, -0.9f, 0.05f, 36);
+  }
+  const float d_block = make_qp_quants(8, 63, scales, Ls, sw);
+  const float m_block = make_qp_quants(8, 63, mins, Lm, sw);
+  std::memset(packed, 0, 12);
+  for (int j = 0; j < 8; ++j) {
+    const uint8_t ls = std::min<uint8_t>(63, Ls[j]), lm = std::min<uint8_t>(63, Lm[j]);
+    if (j < 4) {
+      packed[j] = ls;
+      packed[j + 4] = lm;
+    } else {
+      packed[j + 4] = uint8_t((ls & 0xF) | (lm & 0xF) << 4);
+      packed[j - 4] |= uint8_t((ls >> 4) << 6);
+      packed[j] |= uint8_t((lm >> 4) << 6);
+    }
+  }
+  const uint16_t d16 = f32_to_f16(d_block), dmin16 = f32_to_f16(m_block);
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    k4_scale_min(packed, j, sc, m);
+    const float d = f16_to_f32(d16) * float(sc);
+    if (d == 0.0f) continue;
+    const float dm = f16_to_f32(dmin16) * float(m);
+    for (int l = 0; l < 32; ++l)
+      L[32 * j + l] = uint8_t(std::clamp(nearest_int((x[32 * j + l] + dm) / d), 0, kMaxLevel));
+  }
+  return {d16, dmin16};
+}
+
+void quantize_block(const float* x, const float* qw, Q4_K::Block& b) {
   uint8_t L[256];
-  const ScaleMin16 dm = quantize_k_scales_mins<15>(x, b.scales, L, -1.0f, 0.1f, 20);
+  const ScaleMin16 dm = qw ? quantize_k_weighted<15>(x, qw, b.scales, L)
+                           : quantize_k_scales_mins<15>(x, b.scales, L, -1.0f, 0.1f, 20);
   b.d = dm.d;
   b.dmin = dm.m;
   for (int j = 0; j < 4; ++j)
     for (int l = 0; l < 32; ++l) b.qs[32 * j + l] = uint8_t(L[64 * j + l] | L[64 * j + 32 + l] << 4);
 }
 
-void quantize_block(const float* x, Q5_K::Block& b) {
+void quantize_block(const float* x, Q4_K::Block& b) { quantize_block(x, nullptr, b); }
+
+void quantize_block(const float* x, const float* qw, Q5_K::Block& b) {
   uint8_t L[256];
-  const ScaleMin16 dm = quantize_k_scales_mins<31>(x, b.scales, L, -0.5f, 0.1f, 15);
+  const ScaleMin16 dm = qw ? quantize_k_weighted<31>(x, qw, b.scales, L)
+                           : quantize_k_scales_mins<31>(x, b.scales, L, -0.5f, 0.1f, 15);
   b.d = dm.d;
   b.dmin = dm.m;
   std::memset(b.qh, 0, sizeof(b.qh));
@@ -277,9 +456,12 @@ void quantize_block(const float* x, Q5_K::Block& b) {
       b.qs[32 * j + l] = uint8_t((L[64 * j + l] & 0xF) | (L[64 * j + 32 + l] & 0xF) << 4);
 }
 
-// make_qx_quants with rmse_type 1 (weights x^2): signed levels -nmax..nmax-1, stored + nmax, for
-// the best of a sweep of scales around max / -nmax.
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
+void quantize_block(const float* x, Q5_K::Block& b) { quantize_block(x, nullptr, b); }
+
+// make_qx_quants with rmse_type 1 (weights x^2, or the importance qw when given): signed levels
+// -nmax..nmax-1, stored + nmax, for the best of a sweep of scales around max / -nmax. The sums
+// accumulate in llama.cpp's order ((w * x) * l, (w * l) * l).
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw = nullptr) {
   float max = 0, amax = 0;
   for (int i = 0; i < n; ++i) {
     if (std::fabs(x[i]) > amax) {
@@ -299,9 +481,9 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
   for (int i = 0; i < n; ++i) {
     const int l = level(iscale, i);
     L[i] = int8_t(l + nmax);
-    const float w = x[i] * x[i];
+    const float w = qw ? qw[i] : x[i] * x[i];
     sumlx += w * x[i] * float(l);
-    suml2 += w * float(l * l);
+    suml2 += w * float(l) * float(l);
   }
   float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
   float best = scale * sumlx;
@@ -311,9 +493,9 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
     sumlx = suml2 = 0;
     for (int i = 0; i < n; ++i) {
       const int l = level(iscale, i);
-      const float w = x[i] * x[i];
+      const float w = qw ? qw[i] : x[i] * x[i];
       sumlx += w * x[i] * float(l);
-      suml2 += w * float(l * l);
+      suml2 += w * float(l) * float(l);
     }
     if (suml2 > 0 && sumlx * sumlx > best * suml2) {
       for (int i = 0; i < n; ++i) L[i] = int8_t(nmax + level(iscale, i));
@@ -324,12 +506,14 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
   return scale;
 }
 
-void quantize_block(const float* x, Q6_K::Block& b) {
+// quantize_row_q6_K_impl: with an importance matrix qw, its values weigh the scale fit of each 16
+// (nullptr: quantize_row_q6_K_ref's x^2).
+void quantize_block(const float* x, const float* qw, Q6_K::Block& b) {
   int8_t L[256];
   float scales[16];
   float max_scale = 0, max_abs_scale = 0;
   for (int g = 0; g < 16; ++g) {
-    scales[g] = make_qx_quants(16, 32, x + 16 * g, L + 16 * g);
+    scales[g] = make_qx_quants(16, 32, x + 16 * g, L + 16 * g, qw ? qw + 16 * g : nullptr);
     if (std::fabs(scales[g]) > max_abs_scale) {
       max_abs_scale = std::fabs(scales[g]);
       max_scale = scales[g];
@@ -359,6 +543,8 @@ void quantize_block(const float* x, Q6_K::Block& b) {
   }
 }
 
+void quantize_block(const float* x, Q6_K::Block& b) { quantize_block(x, nullptr, b); }
+
 // best_index_int8: the nearest of the 16 sorted IQ4 levels.
 int best_index_iq4(float x) {
   const int8_t* v = tables::kValuesIq4nl;
@@ -375,16 +561,33 @@ int best_index_iq4(float x) {
   return x - v[mu - 1] < v[mu] - x ? mu - 1 : mu;
 }
 
-// quantize_row_iq4_nl_impl for IQ4_XS without an importance matrix (ntry = 7): per 32 values the
-// scale that best fits the non-linear levels (weights x^2), then 6-bit scales under one f16 scale.
-void quantize_block(const float* x, IQ4_XS::Block& b) {
+// The per-value weights of the IQ quantizers with an importance matrix qw (its 256 values for this
+// super-block): qw[j] * sqrt(sigma2 + x[j]^2), sigma2 = 2 * mean(x^2) over the super-block; without
+// one, x[j]^2.
+void iq_weights(const float* x, const float* qw, float* weight) {
+  if (!qw) {
+    for (int j = 0; j < 256; ++j) weight[j] = x[j] * x[j];
+    return;
+  }
+  float sumx2 = 0;
+  for (int j = 0; j < 256; ++j) sumx2 += x[j] * x[j];
+  const float sigma2 = 2 * sumx2 / 256;
+  for (int j = 0; j < 256; ++j) weight[j] = qw[j] * std::sqrt(sigma2 + x[j] * x[j]);
+}
+
+// quantize_row_iq4_nl_impl for IQ4_XS (ntry = 7), with the importance matrix qw or without (nullptr):
+// per 32 values the scale that best fits the non-linear levels (weighted least squares), then 6-bit
+// scales under one f16 scale.
+void quantize_block(const float* x, const float* qw, IQ4_XS::Block& b) {
   constexpr int kTry = 7;
   const int8_t* values = tables::kValuesIq4nl;
   uint8_t L[256];
-  float scales[8];
+  float scales[8], weights[256];
+  iq_weights(x, qw, weights);
   float max_scale = 0, amax_scale = 0;
   for (int ib = 0; ib < 8; ++ib) {
     const float* xb = x + 32 * ib;
+    const float* wb = weights + 32 * ib;
     float amax = 0, max = 0;
     for (int j = 0; j < 32; ++j) {
       if (std::fabs(xb[j]) > amax) {
@@ -400,14 +603,14 @@ void quantize_block(const float* x, IQ4_XS::Block& b) {
       sumqx = sumq2 = 0;
       for (int j = 0; j < 32; ++j) {
         const float q = values[best_index_iq4(id * xb[j])];
-        const float w = xb[j] * xb[j];
+        const float w = wb[j];
         sumqx += w * q * xb[j];
         sumq2 += w * q * q;
       }
     };
     float sumqx, sumq2;
     fit(1 / (-max / values[0]), sumqx, sumq2);
-    float d = sumqx / sumq2;
+    float d = sumq2 > 0 ? sumqx / sumq2 : 0.0f;
     float best = d * sumqx;
     for (int itry = -kTry; itry <= kTry; ++itry) {
       fit(float(itry + values[0]) / max, sumqx, sumq2);
@@ -439,6 +642,8 @@ void quantize_block(const float* x, IQ4_XS::Block& b) {
   for (int ib = 0; ib < 8; ++ib)
     for (int j = 0; j < 16; ++j) b.qs[16 * ib + j] = uint8_t(L[32 * ib + j] | L[32 * ib + 16 + j] << 4);
 }
+
+void quantize_block(const float* x, IQ4_XS::Block& b) { quantize_block(x, nullptr, b); }
 
 // ---- IQ3_XXS (quantize_row_iq3_xxs_impl with grid size 256, no importance matrix) -----------------
 // Each group of 4 magnitudes is one of 256 grid points with 3-bit levels l (magnitude 2l + 1 in the
@@ -513,12 +718,14 @@ int iq3_best_neighbour(const Iq3Grid& g, int u, const float* xval, const float* 
   return index;
 }
 
-void quantize_block(const float* x, IQ3_XXS::Block& b) {
+// With the importance matrix qw (nullptr: none), whose weights replace x^2 (iq_weights).
+void quantize_block(const float* x, const float* qw, IQ3_XXS::Block& b) {
   constexpr int kMaxQ = 8;
   constexpr float kGroupMaxEps = 1e-8f;
   const Iq3Grid& g = iq3_grid();
   std::memset(&b, 0, sizeof(b));
-  float scales[8];
+  float scales[8], weights[256];
+  iq_weights(x, qw, weights);
   float max_scale = 0;
   uint32_t signs_and_scales[8] = {};
   for (int ib = 0; ib < 8; ++ib) {
@@ -527,7 +734,7 @@ void quantize_block(const float* x, IQ3_XXS::Block& b) {
     int8_t L[32] = {}, Laux[32];
     uint8_t block_signs[4];
     for (int i = 0; i < 32; ++i) {
-      weight[i] = xb[i] * xb[i];
+      weight[i] = weights[32 * ib + i];
       waux[i] = std::sqrt(weight[i]);
     }
     // Signs per 8 values, an even number of them: with an odd count, the value that costs least to
@@ -642,16 +849,104 @@ void quantize_block(const float* x, IQ3_XXS::Block& b) {
   }
 }
 
+void quantize_block(const float* x, IQ3_XXS::Block& b) { quantize_block(x, nullptr, b); }
+
 template <class Q>
 concept Quantizable = requires(const float* x, typename Q::Block& b) {
   quantize_block(x, b);
 };
 
+// ---- Q4_0, Q4_1, Q5_0, Q5_1 with an importance matrix (quantize_row_q4_0_impl, ...) ------------------
+// Per 32 values weights qw * sqrt(sigma2 + x^2), sigma2 = mean(x^2) over the whole row; the symmetric
+// types fit their scale with make_qx_quants, the affine ones scale and min with make_qkx3_quants.
+// Without a matrix these types keep gguf-py's (= llama.cpp's reference) quantizers above.
+
+void row_weights(const float* x, const float* qw, float sigma2, float* weight) {
+  for (int j = 0; j < 32; ++j) weight[j] = qw[j] * std::sqrt(sigma2 + x[j] * x[j]);
+}
+
+template <int kLevels>
+uint16_t quantize_symmetric_weighted(const float* x, const float* qw, float sigma2, int* q) {
+  float weight[32];
+  int8_t L[32];
+  row_weights(x, qw, sigma2, weight);
+  const float d = make_qx_quants(32, kLevels / 2, x, L, weight);
+  for (int j = 0; j < 32; ++j) q[j] = L[j];
+  return f32_to_f16(d);
+}
+
+template <int kLevels>
+ScaleMin16 quantize_affine_weighted(const float* x, const float* qw, float sigma2, int* q) {
+  float weight[32], min;
+  uint8_t L[32], Laux[32];
+  row_weights(x, qw, sigma2, weight);
+  const float d = make_qkx3_quants(32, kLevels - 1, x, weight, L, min, Laux, -0.9f, 0.05f, 36);
+  for (int j = 0; j < 32; ++j) q[j] = L[j];
+  return {f32_to_f16(d), f32_to_f16(-min)};
+}
+
+void quantize_block(const float* x, const float* qw, float sigma2, Q4_0::Block& b) {
+  int q[32];
+  b.d = quantize_symmetric_weighted<16>(x, qw, sigma2, q);
+  pack_nibbles(q, b.qs);
+}
+
+void quantize_block(const float* x, const float* qw, float sigma2, Q4_1::Block& b) {
+  int q[32];
+  const ScaleMin16 dm = quantize_affine_weighted<16>(x, qw, sigma2, q);
+  b.d = dm.d;
+  b.m = dm.m;
+  pack_nibbles(q, b.qs);
+}
+
+void quantize_block(const float* x, const float* qw, float sigma2, Q5_0::Block& b) {
+  int q[32];
+  b.d = quantize_symmetric_weighted<32>(x, qw, sigma2, q);
+  pack_nibbles(q, b.qs);
+  pack_high_bits(q, b.qh);
+}
+
+void quantize_block(const float* x, const float* qw, float sigma2, Q5_1::Block& b) {
+  int q[32];
+  const ScaleMin16 dm = quantize_affine_weighted<32>(x, qw, sigma2, q);
+  b.d = dm.d;
+  b.m = dm.m;
+  pack_nibbles(q, b.qs);
+  pack_high_bits(q, b.qh);
+}
+
+// The types whose quantizer takes an importance matrix: quantize_block(x, qw, block), or with the
+// row's mean square as well (RowWeighted).
 template <class Q>
-void quantize_blocks(const float* src, int64_t n_blocks, std::byte* dst) {
+concept Weighted = requires(const float* x, const float* qw, typename Q::Block& b) {
+  quantize_block(x, qw, b);
+};
+template <class Q>
+concept RowWeighted = requires(const float* x, const float* qw, float sigma2, typename Q::Block& b) {
+  quantize_block(x, qw, sigma2, b);
+};
+
+template <class Q>
+void quantize_blocks(const float* src, int64_t n_blocks, std::byte* dst, const float* importance) {
+  float sigma2 = 0;
+  if constexpr (RowWeighted<Q>) {
+    if (importance) {
+      const int64_t n = n_blocks * Q::kBlock;
+      for (int64_t j = 0; j < n; ++j) sigma2 += src[j] * src[j];
+      sigma2 /= float(n);
+    }
+  }
   for (int64_t i = 0; i < n_blocks; ++i) {
     typename Q::Block b{};
-    quantize_block(src + i * Q::kBlock, b);
+    if constexpr (RowWeighted<Q>) {
+      if (importance)
+        quantize_block(src + i * Q::kBlock, importance + i * Q::kBlock, sigma2, b);
+      else
+        quantize_block(src + i * Q::kBlock, b);
+    } else if constexpr (Weighted<Q>)
+      quantize_block(src + i * Q::kBlock, importance ? importance + i * Q::kBlock : nullptr, b);
+    else
+      quantize_block(src + i * Q::kBlock, b);
     std::memcpy(dst + i * int64_t(sizeof(b)), &b, sizeof(b));
   }
 }
@@ -699,8 +994,32 @@ void dequantize_row(DType t, const std::byte* src, int64_t n, float* out) {
   if (!known) fail("cannot dequantize {} values", dtype_name(t));
 }
 
-void quantize_row(DType t, const float* src, int64_t n, std::byte* dst) {
+ImportanceUse importance_use(DType t) {
+  if (!can_quantize(t)) return ImportanceUse::Unsupported;
+  // llama.cpp's Q8_0 quantizer ignores the importance matrix; floats have nothing to weigh.
+  if (t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0) return ImportanceUse::Ignored;
+  ImportanceUse use = ImportanceUse::Unsupported;
+  visit_format(t, [&](auto q) {
+    if constexpr (Weighted<decltype(q)> || RowWeighted<decltype(q)>) use = ImportanceUse::Used;
+  });
+  return use;
+}
+
+std::string importance_types() {
+  std::string names;
+  for (int i = 0; i < kNumDTypes; ++i)
+    if (importance_use(DType(i)) == ImportanceUse::Used)
+      names += (names.empty() ? "" : ", ") + std::string(dtype_name(DType(i)));
+  return names;
+}
+
+void quantize_row(DType t, const float* src, int64_t n, std::byte* dst) { quantize_row(t, src, n, dst, nullptr); }
+
+void quantize_row(DType t, const float* src, int64_t n, std::byte* dst, const float* importance) {
   check_row(t, n);
+  if (importance && importance_use(t) == ImportanceUse::Unsupported)
+    fail("quantizing to {} with an importance matrix is not supported (types that use one: {})", dtype_name(t),
+         importance_types());
   switch (t) {
     case DType::F32:
       std::memcpy(dst, src, size_t(n) * 4);
@@ -724,7 +1043,7 @@ void quantize_row(DType t, const float* src, int64_t n, std::byte* dst) {
   visit_format(t, [&](auto q) {
     using Q = decltype(q);
     if constexpr (Quantizable<Q>) {
-      quantize_blocks<Q>(src, n / Q::kBlock, dst);
+      quantize_blocks<Q>(src, n / Q::kBlock, dst, importance);
       done = true;
     }
   });

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "formats/dtype.h"
 
@@ -27,6 +28,21 @@ void dequantize_row(DType t, const std::byte* src, int64_t n, float* out);
 //  - F32: a copy.
 // Throws fm::Error for other types.
 void quantize_row(DType t, const float* src, int64_t n, std::byte* dst);
+
+// How quantize_row treats an importance matrix (llama.cpp's imatrix: per column of the row, the
+// mean squared activation it meets) for type t.
+enum class ImportanceUse {
+  Used,         // weighs the fit as llama.cpp's ggml_quantize_chunk does with the same matrix, bit for bit
+  Ignored,      // F32, F16, BF16, Q8_0 (llama.cpp's Q8_0 ignores it too)
+  Unsupported,  // quantize_row refuses an importance matrix for t
+};
+ImportanceUse importance_use(DType t);
+// "IQ3_XXS, IQ4_XS, ..." (the Used types), for messages.
+std::string importance_types();
+
+// quantize_row with `importance` (n non-negative values, one per column; nullptr: none). Throws
+// fm::Error when t is Unsupported and importance is not null.
+void quantize_row(DType t, const float* src, int64_t n, std::byte* dst, const float* importance);
 
 // MLX affine quantization (mlx.core.quantize / mlx.core.dequantize with mode="affine", as in the
 // mlx-community checkpoints; https://ml-explore.github.io/mlx/build/html/python/_autosummary/
