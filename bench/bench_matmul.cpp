@@ -32,18 +32,21 @@ struct Buffer {
   }
 };
 
-// Fills bf16 weights with small random values (page-faulting everything in before timing).
-void fill_bf16(std::byte* p, uint64_t n_values) {
+// Fills 16-bit float weights (F16 or BF16) with small random values (page-faulting everything in
+// before timing).
+void fill_16bit(fm::DType dtype, std::byte* p, uint64_t n_values) {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   uint16_t table[4096];
-  for (uint16_t& h : table) h = fm::f32_to_bf16(dist(rng));
+  for (uint16_t& h : table)
+    h = dtype == fm::DType::F16 ? fm::f32_to_f16(dist(rng)) : fm::f32_to_bf16(dist(rng));
   auto* h = reinterpret_cast<uint16_t*>(p);
   for (uint64_t i = 0; i < n_values; ++i) h[i] = table[(i * 2654435761u) % 4096];
 }
 
 // Args: rows, cols, tokens, threads, cold.
-void BM_matmul_bf16(benchmark::State& state) {
+template <fm::DType kType>
+void BM_matmul(benchmark::State& state) {
   const int64_t rows = state.range(0), cols = state.range(1);
   const int n = int(state.range(2));
   const int threads = int(state.range(3));
@@ -51,14 +54,13 @@ void BM_matmul_bf16(benchmark::State& state) {
   const uint64_t mat_bytes = uint64_t(rows * cols) * 2;
   const uint64_t n_mats = cold ? std::max<uint64_t>(1, kColdBytes / mat_bytes) : 1;
   Buffer weights(n_mats * mat_bytes);
-  fill_bf16(weights.data, n_mats * mat_bytes / 2);
+  fill_16bit(kType, weights.data, n_mats * mat_bytes / 2);
   std::vector<float> x(size_t(n * cols), 0.5f), y(size_t(n * rows));
   fm::ThreadPool pool(threads);
 
   uint64_t i = 0;
   for (auto _ : state) {
-    const fm::Mat w{fm::DType::BF16, rows, cols, weights.data + (i++ % n_mats) * mat_bytes,
-                    uint64_t(cols) * 2};
+    const fm::Mat w{kType, rows, cols, weights.data + (i++ % n_mats) * mat_bytes, uint64_t(cols) * 2};
     fm::cpu::matmul(w, x.data(), n, y.data(), pool);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
@@ -69,16 +71,22 @@ void BM_matmul_bf16(benchmark::State& state) {
   state.SetLabel(fm::cpu::matmul_isa());
 }
 
+// Expert-sized matrices (Qwen3.5-35B-A3B's 512 x 2048 gate/up and 2048 x 512 down, and a square
+// one), cold and hot; and, cold, one with rows too wide for the activation to stay in L1 (the
+// kernels interleave rows there: ops/cpu/matmul_float_avx512.cpp).
 void matmul_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"rows", "cols", "n", "threads", "cold"});
   for (int cold : {1, 0})
     for (auto [rows, cols] : {std::pair<int64_t, int64_t>{2048, 2048}, {512, 2048}, {2048, 512}})
       for (int n : {1, 8})
         for (int threads : {1, 2}) b->Args({rows, cols, n, threads, cold});
+  for (int n : {1, 8})
+    for (int threads : {1, 2}) b->Args({2048, 8192, n, threads, 1});
   // Warm-up lets the scheduler spread a new pool's threads over the cores before timing starts.
   b->UseRealTime()->MinWarmUpTime(0.2);
 }
-BENCHMARK(BM_matmul_bf16)->Apply(matmul_args);
+BENCHMARK_TEMPLATE(BM_matmul, fm::DType::BF16)->Name("BM_matmul_bf16")->Apply(matmul_args);
+BENCHMARK_TEMPLATE(BM_matmul, fm::DType::F16)->Name("BM_matmul_f16")->Apply(matmul_args);
 
 __attribute__((target("avx2"))) float sum_avx2(const float* p, int64_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;

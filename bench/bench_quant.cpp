@@ -4,6 +4,8 @@
 // compared on the same machine (docs/benchmarks.md). The matrix (15 to 62 MB depending on the
 // format) is reused every call. F16 and BF16 take the float path on the same shape.
 // scripts/bench_quant_vs_llama.sh runs this next to llama.cpp's test-backend-ops and prints the ratios.
+// matmul takes the AVX-512 VNNI kernels where the CPU has them; FM_NO_AVX512=1 in the environment
+// measures the AVX2 ones instead.
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -77,24 +79,41 @@ void BM_matvec_float(benchmark::State& state) {
   time_matvec(state, w, threads);
 }
 
-// MLX affine 4-bit (group 64, BF16 scales and biases, as mlx-community checkpoints), same shape.
-void BM_matvec_MLX4(benchmark::State& state) {
+// MLX affine b-bit (BF16 scales and biases, as mlx-community checkpoints), same shape; the names
+// give bits and group: BM_matvec_MLX4 (group 64), BM_matvec_MLX4_G32 ...
+template <int kBits, int kGroup>
+void BM_matvec_mlx(benchmark::State& state) {
   const int threads = int(state.range(0));
-  constexpr int64_t kGroup = 64;
   std::mt19937 rng(1);
-  std::vector<std::byte> levels(static_cast<size_t>(kRows * kCols / 2));
+  std::vector<std::byte> levels(static_cast<size_t>(kRows * kCols * kBits / 8));
   for (auto& b : levels) b = std::byte(rng() & 0xFF);
   std::vector<uint16_t> scales(static_cast<size_t>(kRows * kCols / kGroup)), biases(scales.size());
   std::uniform_real_distribution<float> scale(0.001f, 0.05f), bias(-0.5f, 0.5f);
   for (size_t i = 0; i < scales.size(); ++i)
     scales[i] = fm::f32_to_bf16(scale(rng)), biases[i] = fm::f32_to_bf16(bias(rng));
-  fm::Mat w{fm::DType::MLX4, kRows, kCols, levels.data(), uint64_t(kCols / 2)};
+  fm::Mat w{*fm::mlx_dtype(kBits), kRows, kCols, levels.data(), uint64_t(kCols * kBits / 8)};
   w.mlx = fm::MlxGroups{reinterpret_cast<const std::byte*>(scales.data()),
                         reinterpret_cast<const std::byte*>(biases.data()), uint64_t(kCols / kGroup) * 2,
-                        fm::DType::BF16, int(kGroup)};
+                        fm::DType::BF16, kGroup};
   time_matvec(state, w, threads);
 }
-BENCHMARK(BM_matvec_MLX4)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->MinWarmUpTime(0.2);
+
+#define FM_MLX_BENCH(BITS, GROUP, NAME)          \
+  BENCHMARK_TEMPLATE(BM_matvec_mlx, BITS, GROUP) \
+      ->Name("BM_matvec_" NAME)                  \
+      ->ArgName("threads")                       \
+      ->Arg(1)                                   \
+      ->Arg(2)                                   \
+      ->UseRealTime()                            \
+      ->MinWarmUpTime(0.2)
+
+FM_MLX_BENCH(4, 64, "MLX4");
+FM_MLX_BENCH(2, 64, "MLX2");
+FM_MLX_BENCH(3, 64, "MLX3");
+FM_MLX_BENCH(6, 64, "MLX6");
+FM_MLX_BENCH(8, 64, "MLX8");
+FM_MLX_BENCH(4, 32, "MLX4_G32");
+FM_MLX_BENCH(4, 128, "MLX4_G128");
 
 BENCHMARK_TEMPLATE(BM_matvec_float, fm::DType::F16)
     ->Name("BM_matvec_F16")

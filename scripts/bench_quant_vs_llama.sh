@@ -14,6 +14,8 @@
 #   REPEATS  runs of each (type, threads) pair (default 3); each side keeps its best, which filters
 #            out the moments another process took the core. The "spread" columns give
 #            (best - worst) / best over the repeats of each side: the noise of the measurement.
+#   FM_NO_AVX512=1  flashmoe takes its AVX2 kernels even where the CPU has AVX-512 VNNI, so both of
+#            its x86 paths can be measured on one machine (llama.cpp's build is not affected)
 #
 # Each (type, threads) pair runs both programs back to back, and the repeats go round all pairs,
 # so a change of machine load does not favour either side.

@@ -8,6 +8,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/cpu/kernels.h"
@@ -117,6 +118,131 @@ TEST_P(MatmulTest, EmbedCopiesRows) {
     for (size_t c = 0; c < 37; ++c)
       ASSERT_EQ(out[t * 37 + c], m.values[size_t(ids[t]) * 37 + c])
           << dtype_name(dtype) << " t=" << t << " c=" << c;
+}
+
+// Random activations for n tokens of `cols` values, as check_matmul draws them.
+std::vector<float> random_tokens(int n, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (float& v : x) v = dist(rng);
+  return x;
+}
+
+// y[t][r] for tokens t < n (<= kMaxTileTokens) through one tile kernel over all rows, called
+// directly (matmul takes the best kernel of the CPU; this reaches each of them). NaN-filled first.
+std::vector<float> run_tile(cpu::detail::TileKernel kernel, const Mat& w, const float* x, int n) {
+  std::vector<float> y(static_cast<size_t>(n * w.rows), std::numeric_limits<float>::quiet_NaN());
+  kernel(w, 0, w.rows, x, n, y.data(), w.rows);
+  return y;
+}
+
+// The vector tile kernels this CPU can run for `dtype`, by name: AVX2 and, for F16 and BF16 where
+// the CPU has AVX-512 F/BW/VL, AVX-512.
+std::vector<std::pair<std::string, cpu::detail::TileKernel>> vector_kernels(DType dtype) {
+  std::vector<std::pair<std::string, cpu::detail::TileKernel>> kernels;
+  if (!cpu::have_avx2()) return kernels;
+  kernels.emplace_back("avx2", cpu::detail::avx2_tile_kernel(dtype));
+  if (cpu::detail::have_avx512_float() && dtype != DType::F32)
+    kernels.emplace_back("avx512", cpu::detail::avx512_tile_kernel(dtype));
+  return kernels;
+}
+
+// Row counts around the kernels' blocks of 8, 4 and 2 rows, and column counts around their steps
+// of 32 and 16 columns, on both sides of the 4096 columns above which the AVX-512 kernel
+// interleaves rows.
+const std::vector<int64_t> kKernelRows = {1, 2, 3, 7, 8, 9, 17, 26};
+const std::vector<int64_t> kKernelCols = {1, 15, 16, 17, 31, 32, 33, 48, 100, 4096, 4097, 4113, 4131};
+
+// Each vector kernel against the scalar one (matmul forced onto the scalar path) on the same
+// weights and tokens, for every tile width: float32 products and sums in another order, so they
+// agree to kIsaTolerance * (1 + sum |w x|), as each agrees with the double-precision sum.
+constexpr double kIsaTolerance = 4e-6;
+
+TEST_P(MatmulTest, VectorKernelsAgreeWithScalar) {
+  const DType dtype = GetParam();
+  const auto kernels = vector_kernels(dtype);
+  if (kernels.empty()) GTEST_SKIP() << "no AVX2/FMA/F16C here";
+  if (kernels.size() == 1 && dtype != DType::F32) GTEST_LOG_(INFO) << "no AVX-512 here: AVX2 only";
+  ThreadPool pool(1);
+  for (int64_t rows : kKernelRows)
+    for (int64_t cols : kKernelCols) {
+      const TestMat m = make_mat(dtype, rows, cols, uint32_t(rows * 7919 + cols));
+      const std::vector<float> x = random_tokens(cpu::detail::kMaxTileTokens, cols, uint32_t(cols));
+      for (int n = 1; n <= cpu::detail::kMaxTileTokens; ++n) {
+        std::vector<float> ys(static_cast<size_t>(n * rows), std::numeric_limits<float>::quiet_NaN());
+        cpu::set_force_scalar(true);
+        cpu::matmul(m.mat, x.data(), n, ys.data(), pool);
+        cpu::set_force_scalar(false);
+        for (const auto& [isa, kernel] : kernels) {
+          const std::vector<float> yv = run_tile(kernel, m.mat, x.data(), n);
+          for (int t = 0; t < n; ++t)
+            for (int64_t r = 0; r < rows; ++r) {
+              double mag = 0.0;
+              for (int64_t c = 0; c < cols; ++c)
+                mag += std::fabs(double(m.values[size_t(r * cols + c)]) * x[size_t(t * cols + c)]);
+              const size_t i = size_t(t * rows + r);
+              ASSERT_LE(std::fabs(double(ys[i]) - yv[i]), kIsaTolerance * (1.0 + mag))
+                  << dtype_name(dtype) << " " << isa << " rows=" << rows << " cols=" << cols << " n=" << n
+                  << " t=" << t << " r=" << r << " scalar=" << ys[i] << " vector=" << yv[i];
+            }
+        }
+      }
+    }
+}
+
+// Batch invariance: every kernel sums each (row, token) in the same order whatever the tile width
+// and however many rows it takes side by side, so a token's outputs from a tile of n tokens equal,
+// bit for bit, those of a tile of that token alone (decode_batch relies on it; test_batch.cpp
+// checks it on whole models).
+TEST_P(MatmulTest, TileWidthsSumAlike) {
+  const DType dtype = GetParam();
+  auto kernels = vector_kernels(dtype);
+  for (int64_t rows : kKernelRows)
+    for (int64_t cols : kKernelCols) {
+      const TestMat m = make_mat(dtype, rows, cols, uint32_t(rows * 31 + cols));
+      const std::vector<float> x = random_tokens(cpu::detail::kMaxTileTokens, cols, uint32_t(rows + cols));
+      for (const auto& [isa, kernel] : kernels) {
+        std::vector<float> alone(static_cast<size_t>(cpu::detail::kMaxTileTokens * rows));
+        for (int t = 0; t < cpu::detail::kMaxTileTokens; ++t) {
+          const std::vector<float> y = run_tile(kernel, m.mat, x.data() + t * cols, 1);
+          std::copy(y.begin(), y.end(), alone.begin() + t * rows);
+        }
+        for (int n = 2; n <= cpu::detail::kMaxTileTokens; ++n) {
+          const std::vector<float> y = run_tile(kernel, m.mat, x.data(), n);
+          for (int64_t i = 0; i < n * rows; ++i)
+            ASSERT_EQ(f32_to_bits(y[size_t(i)]), f32_to_bits(alone[size_t(i)]))
+                << dtype_name(dtype) << " " << isa << " rows=" << rows << " cols=" << cols << " n=" << n
+                << " t=" << i / rows << " r=" << i % rows;
+        }
+      }
+    }
+}
+
+// The same through matmul, on every path it takes (scalar, and the CPU's vector kernels), with
+// more tokens than one tile, row blocks and threads: n tokens at once equal each token alone.
+TEST_P(MatmulTest, ManyTokensEqualOneAtATime) {
+  const DType dtype = GetParam();
+  for_each_isa([&] {
+    for (int threads : {1, 2}) {
+      ThreadPool pool(threads);
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{300, 1031}, {45, 5000}}) {
+        const TestMat m = make_mat(dtype, rows, cols, uint32_t(rows ^ cols));
+        const int n = 9;
+        const std::vector<float> x = random_tokens(n, cols, 3);
+        std::vector<float> all(static_cast<size_t>(n * rows), std::numeric_limits<float>::quiet_NaN());
+        cpu::matmul(m.mat, x.data(), n, all.data(), pool);
+        for (int t = 0; t < n; ++t) {
+          std::vector<float> one(static_cast<size_t>(rows), std::numeric_limits<float>::quiet_NaN());
+          cpu::matmul(m.mat, x.data() + t * cols, 1, one.data(), pool);
+          for (int64_t r = 0; r < rows; ++r)
+            ASSERT_EQ(f32_to_bits(all[size_t(t * rows + r)]), f32_to_bits(one[size_t(r)]))
+                << dtype_name(dtype) << " isa=" << cpu::matmul_isa() << " threads=" << threads
+                << " rows=" << rows << " cols=" << cols << " t=" << t << " r=" << r;
+        }
+      }
+    }
+  });
 }
 
 // The "matmul" prefix makes the test names match `ctest -R matmul`.

@@ -57,6 +57,13 @@ inline float bf16_at(const std::byte* row, int64_t c) {
 // The AVX2 tile kernel for a float weight type; call only when have_avx2().
 TileKernel avx2_tile_kernel(DType dtype);
 
+// Whether this CPU has AVX-512 F, BW and VL (besides AVX2, FMA and F16C).
+bool have_avx512_float();
+
+// The AVX-512 tile kernel for F16 or BF16 weights (matmul_float_avx512.cpp); call only when
+// have_avx512_float(). Float32 products and sums as the AVX2 kernel, in another order.
+TileKernel avx512_tile_kernel(DType dtype);
+
 }  // namespace detail
 
 }  // namespace fm::cpu

@@ -74,6 +74,12 @@ TileKernel scalar_tile_kernel(DType dtype) {
 
 bool use_avx2() { return have_avx2() && !g_force_scalar.load(std::memory_order_relaxed); }
 
+// Float weights on the vector path: AVX-512 for F16 and BF16 where the CPU has it, else AVX2.
+TileKernel vector_float_kernel(DType dtype) {
+  const bool avx512 = detail::have_avx512_float() && (dtype == DType::F16 || dtype == DType::BF16);
+  return avx512 ? detail::avx512_tile_kernel(dtype) : detail::avx2_tile_kernel(dtype);
+}
+
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // The quantized activations of the calling thread's matmul calls: it grows to the largest call the
@@ -87,8 +93,9 @@ std::byte* quant_act_scratch(uint64_t bytes) {
   return buffer.data() + (kAlign - address % kAlign) % kAlign;
 }
 
-// Block-quantized weights: the activation rows are quantized once (quant_act.h), in parallel over
-// tokens, then the tiles take them with the same blocking and threading as the float kernels.
+// Block-quantized weights (and MLX ones on the vector path): the activation rows are quantized once
+// (quant_act.h), in parallel over tokens, then the tiles take them with the same blocking and
+// threading as the float kernels.
 // The weight rows split among the threads in chunks of at least kMinChunkBytes; for prefill, in
 // blocks of about kBlockBytes so a block stays in cache across token tiles of kMaxTileTokens.
 // fn(b0, b1, t0, tile) computes rows [b0, b1) for tokens [t0, t0 + tile).
@@ -106,11 +113,8 @@ void for_each_tile(const Mat& w, int n, ThreadPool& pool, const Fn& fn) {
   });
 }
 
-void matmul_quant(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
-  const detail::QuantKernel kernel = !use_avx2()                ? detail::scalar_quant_kernel(w.dtype)
-                                      : detail::have_avx512_vnni() ? detail::avx512_quant_kernel(w.dtype)
-                                                                   : detail::avx2_quant_kernel(w.dtype);
-  const uint64_t act_row_bytes = detail::quant_act_row_bytes(w.dtype, w.cols);
+void matmul_quant(const Mat& w, const detail::QuantKernel& kernel, uint64_t act_row_bytes, const float* x, int n,
+                  float* y, ThreadPool& pool) {
   std::byte* xq = quant_act_scratch(act_row_bytes * uint64_t(n));
   pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) kernel.quantize_act(x + t * w.cols, w.cols, xq + uint64_t(t) * act_row_bytes);
@@ -149,10 +153,21 @@ void matmul(const Mat& w, const float* x, int n, float* y, ThreadPool& pool) {
            dtype_name(w.dtype), w.row_bytes);
   if (n == 0 || w.rows == 0) return;
 
-  if (quantized) return matmul_quant(w, x, n, y, pool);
-  const TileKernel kernel = mlx          ? (use_avx2() ? detail::avx2_mlx_tile_kernel(w.dtype)
-                                                      : detail::scalar_mlx_tile_kernel(w.dtype))
-                            : use_avx2() ? detail::avx2_tile_kernel(w.dtype)
+  if (quantized) {
+    const detail::QuantKernel kernel = !use_avx2()                  ? detail::scalar_quant_kernel(w.dtype)
+                                       : detail::have_avx512_vnni() ? detail::avx512_quant_kernel(w.dtype)
+                                                                    : detail::avx2_quant_kernel(w.dtype);
+    return matmul_quant(w, kernel, detail::quant_act_row_bytes(w.dtype, w.cols), x, n, y, pool);
+  }
+  // MLX: the vector kernels quantize the activations as the block-quantized ones do; the scalar one
+  // computes in float from the dequantized values (the exact path, below).
+  if (mlx && use_avx2()) {
+    const detail::QuantKernel kernel =
+        detail::have_avx512_vnni() ? detail::avx512_mlx_kernel(w) : detail::avx2_mlx_kernel(w);
+    return matmul_quant(w, kernel, detail::mlx_act_row_bytes(w.cols), x, n, y, pool);
+  }
+  const TileKernel kernel = mlx          ? detail::scalar_mlx_tile_kernel(w.dtype)
+                            : use_avx2() ? vector_float_kernel(w.dtype)
                                          : scalar_tile_kernel(w.dtype);
   const int64_t ldy = w.rows;
   for_each_tile(w, n, pool, [&](int64_t b0, int64_t b1, int t0, int tile) {

@@ -1,8 +1,11 @@
 // matmul over MLX affine-quantized weights, portable path: per row, each group of `group` values is
 // dequantized into a buffer on the stack (dequantize_mlx_row, the reference) and dotted with the
-// tile's tokens with four interleaved partial sums, as the other scalar kernels do.
-#include "formats/quant.h"
+// tile's float tokens with four interleaved partial sums, as the other scalar kernels do. This is the
+// exact path; the vector kernels (matmul_mlx_x86.h) quantize the activations.
 #include "ops/cpu/matmul_mlx.h"
+
+#include "formats/quant.h"
+#include "ops/cpu/quant_act.h"
 #include "util/error.h"
 
 namespace fm::cpu::detail {
@@ -11,7 +14,8 @@ namespace {
 
 constexpr int kMaxGroup = 128;
 
-void scalar_mlx_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_tokens, float* y, int64_t ldy) {
+void scalar_mlx_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n_tokens, float* y,
+                     int64_t ldy) {
   const int64_t cols = w.cols, group = w.mlx.group;
   const int bits = mlx_bits(w.dtype);
   const uint64_t group_bytes = uint64_t(group) * uint64_t(bits) / 8;
@@ -24,8 +28,8 @@ void scalar_mlx_tile(const Mat& w, int64_t r0, int64_t r1, const float* x, int n
     float acc[kMaxTileTokens][4] = {};
     for (int64_t g = 0; g < cols / group; ++g) {
       const uint64_t at = uint64_t(g) * param_bytes;
-      dequantize_mlx_row(row + uint64_t(g) * group_bytes, scales + at, biases + at, w.mlx.dtype, bits, int(group),
-                         group, buf);
+      dequantize_mlx_row(row + uint64_t(g) * group_bytes, scales + at, biases + at, w.mlx.dtype, bits,
+                         int(group), group, buf);
       for (int t = 0; t < n_tokens; ++t) {
         const float* xg = x + t * cols + g * group;
         for (int64_t c = 0; c < group; c += 4)
@@ -44,6 +48,8 @@ bool mlx_tile_supported(const Mat& w) {
          (s == DType::BF16 || s == DType::F16 || s == DType::F32) && w.mlx.scales && w.mlx.biases &&
          w.cols % w.mlx.group == 0;
 }
+
+uint64_t mlx_act_row_bytes(int64_t cols) { return uint64_t(cols / 32) * sizeof(ActBlock32); }
 
 TileKernel scalar_mlx_tile_kernel(DType dtype) {
   FM_CHECK(is_mlx(dtype), "not an MLX type: {}", dtype_name(dtype));
