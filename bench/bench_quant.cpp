@@ -1,9 +1,9 @@
 // Decode matvec (one token) over block-quantized weights, per format: weights per second
 // (items = rows * cols per call) for a 4096 x 14336 matrix on 1, 2, 4, 8 and 16 threads, the shape of
-// llama.cpp's `test-backend-ops perf -o MUL_MAT` cases (m = 4096, k = 14336, n = 1), so the two can be
-// compared on the same machine (docs/benchmarks.md). The matrix (15 to 62 MB depending on the
-// format) is reused every call. F16 and BF16 take the float path on the same shape.
-// scripts/bench_quant_vs_llama.sh runs this next to llama.cpp's test-backend-ops and prints the ratios.
+// llama.cpp's `test-backend-ops perf -o MUL_MAT` cases (m = 4096, k = 14336, n = 1).
+// scripts/bench_quant_vs_llama.sh runs this next to llama.cpp's own kernels on the same shape and
+// threads (tools/ggml_matvec) and prints the ratios. The matrix (15 to 62 MB depending on the format)
+// is reused every call. F16 and BF16 take the float path on the same shape.
 // matmul takes the AVX-512 VNNI kernels where the CPU has them; FM_NO_AVX512=1 in the environment
 // measures the AVX2 ones instead.
 #include <benchmark/benchmark.h>

@@ -32,6 +32,8 @@
 #pragma once
 #include <immintrin.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstring>
 #include <type_traits>
 
@@ -186,6 +188,22 @@ FM_SIMD inline __m256i pair16(__m256i v8, int j) {
                                                   _mm_set1_epi16(int16_t((2 * j + 1) << 8 | 2 * j))));
 }
 
+// ---- prefetch ------------------------------------------------------------------------------------
+// A single core reading a matrix row after row (each a few KB) waits on memory where the hardware
+// prefetcher restarts at page boundaries; the kernels that are bound by memory ask for the bytes
+// kPrefetchBytes ahead of those they read (every cache line of the next `bytes`). Measured on one
+// core of a Zen 4, 4096 x 14336 matvec, G weights/s, ahead 0 / 2048 / 4096 / 8192 bytes: Q4_K 20.3 /
+// 28.7 / 24.8 / 25.5, Q6_K 14.2 / 20.6 / 18.9 / 17.3, Q5_K 16.5 / 22.0 / 21.0 / 18.7; the grid
+// i-quants lost (IQ2_XXS 12.5 / 9.8), their table loads compete with the prefetches.
+inline constexpr uint64_t kPrefetchBytes = 2048;
+
+template <uint64_t kBytes>
+FM_SIMD inline void prefetch_ahead(const void* p) {
+  const char* c = static_cast<const char*>(p) + kPrefetchBytes;
+#pragma GCC unroll 16
+  for (uint64_t l = 0; l < kBytes; l += 64) _mm_prefetch(c + l, _MM_HINT_T0);
+}
+
 // ---- blocks of 32 ----------------------------------------------------------------------------
 // Per format: the 32 values as bytes (kSigned: signed, else unsigned 0..31), the scale d, and dm,
 // the multiplier of the activation sum s for formats with a min or an offset (kMin).
@@ -308,6 +326,315 @@ FM_SIMD void rows32(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, u
     if (b < n_blocks) step32<C, T>(blocks[b], x, b, acc0, corr);
     for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + corr[t];
   }
+}
+
+// ---- one token, eight rows at a time (blocks of 32) ----------------------------------------------
+// For one token, the work around each row's integer dot product (its scale converted, multiplied and
+// broadcast, the sums converted to float, an FMA, nibbles decoded into half-used vectors) cost more
+// than the dot product itself. Eight rows go together instead: the value bytes of one block of each
+// row are transposed in registers so that 32-bit lane i holds 4 bytes of row i (values 4k..4k+3 in
+// vector k), each multiplied by the activation's 4 bytes broadcast to every lane. One vector of sums
+// then holds the block of all eight rows, their scales arrive as one vector, and one FMA scales
+// them. (llama.cpp reaches the same shape with weights repacked at load; here the weights keep the
+// file's layout, so streamed and memory-mapped tensors take this path as they are.)
+//
+// Per format, Codec32x8 gives: kOffset, the constant c with w = d * (u - c) for the unsigned bytes u
+// it decodes (or kMin: w = d * u + m); values(p, off, idx, v) -> v[k] as above from row pointers p[i]
+// and the block's byte offset (idx: the row offsets for gathers); scales(p, off, idx, d, m) -> the
+// rows' scales (and mins) as floats.
+
+FM_SIMD inline __m256i load2x128(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))),
+                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1);
+}
+
+// t[k] = bytes 4k..4k+3 of p[i] + off in lane i (16 bytes from each of 8 rows).
+FM_BLOCK inline void transpose8x16(const uint8_t* const (&p)[8], uint64_t off, __m256i (&t)[4]) {
+  const __m256i a0 = load2x128(p[0] + off, p[4] + off), a1 = load2x128(p[1] + off, p[5] + off),
+                a2 = load2x128(p[2] + off, p[6] + off), a3 = load2x128(p[3] + off, p[7] + off);
+  const __m256i u0 = _mm256_unpacklo_epi32(a0, a1), u1 = _mm256_unpackhi_epi32(a0, a1),
+                u2 = _mm256_unpacklo_epi32(a2, a3), u3 = _mm256_unpackhi_epi32(a2, a3);
+  t[0] = _mm256_unpacklo_epi64(u0, u2);
+  t[1] = _mm256_unpackhi_epi64(u0, u2);
+  t[2] = _mm256_unpacklo_epi64(u1, u3);
+  t[3] = _mm256_unpackhi_epi64(u1, u3);
+}
+
+// The 32-bit word at p[i] + off in lane i (idx: the row offsets from p[0], as int32).
+FM_SIMD inline __m256i gather_words(const uint8_t* const (&p)[8], uint64_t off, __m256i idx) {
+  return _mm256_i32gather_epi32(reinterpret_cast<const int*>(p[0] + off), idx, 1);
+}
+
+// The low (and high) halves of 8 words as floats from f16.
+FM_SIMD inline __m256 f16_low_halves(__m256i w) {
+#if FM_QUANT_AVX512
+  return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(w));
+#else
+  const __m256i lo = _mm256_shuffle_epi8(
+      w, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1,
+                          -1, -1, -1, -1, -1, -1, -1));
+  return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(lo, 0x08)));
+#endif
+}
+FM_SIMD inline void f16_halves(__m256i w, __m256& low, __m256& high) {
+  const __m256i s = _mm256_permute4x64_epi64(
+      _mm256_shuffle_epi8(w, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8,
+                                              9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15)),
+      0xD8);  // 64-bit words 0 2 1 3: the low halves of both 128-bit lanes, then the high halves
+  low = _mm256_cvtph_ps(_mm256_castsi256_si128(s));
+  high = _mm256_cvtph_ps(_mm256_extracti128_si256(s, 1));
+}
+
+// v[k] and v[k + 4] from the low and high nibbles of t[k] (the qs layout of the 4-bit formats:
+// byte j holds values j and j + 16).
+FM_BLOCK inline void split_nibbles(const __m256i (&t)[4], __m256i (&v)[8]) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    v[k] = _mm256_and_si256(t[k], low);
+    v[k + 4] = _mm256_and_si256(_mm256_srli_epi16(t[k], 4), low);
+  }
+}
+
+// Q5's fifth bits: value j of a row has bit j of its 32-bit qh (lane i: row i's) as bit 4.
+FM_BLOCK inline void add_q5_high(__m256i qh, __m256i (&v)[8]) {
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; ++k) {
+    // Bits 4k..4k+3 sit in byte k / 2 of each lane, at 4 (k % 2); byte j of the lane tests one.
+    const char b = char(k / 2);
+    const __m256i rep = _mm256_shuffle_epi8(qh, _mm256_setr_epi8(b, b, b, b, b + 4, b + 4, b + 4, b + 4, b + 8, b + 8,
+                                                                 b + 8, b + 8, b + 12, b + 12, b + 12, b + 12, b, b,
+                                                                 b, b, b + 4, b + 4, b + 4, b + 4, b + 8, b + 8,
+                                                                 b + 8, b + 8, b + 12, b + 12, b + 12, b + 12));
+    const int64_t bits = k % 2 == 0 ? 0x0804020108040201 : int64_t(0x8040201080402010);
+    const __m256i m = _mm256_set1_epi64x(bits);
+    v[k] = _mm256_or_si256(v[k], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(rep, m), m),
+                                                  _mm256_set1_epi8(0x10)));
+  }
+}
+
+// The 16-level tables (IQ4_NL, MXFP4) looked up by nibble; AVX-512 takes the levels + 128 as
+// unsigned bytes (offset 128), AVX2 the signed levels.
+FM_BLOCK inline void lookup_levels(__m256i table, __m256i (&v)[8]) {
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(table, v[k]);
+}
+
+FM_SIMD inline __m256i level_table(const int8_t* levels) {
+  const __m256i t = table16(levels);
+#if FM_QUANT_AVX512
+  return _mm256_xor_si256(t, _mm256_set1_epi8(char(0x80)));
+#else
+  return t;
+#endif
+}
+
+// Signed formats: AVX-512 dots v + 128 (unsigned) and subtracts 128 times the activation sum;
+// AVX2 moves the signs onto the activation (|v| * (x * sign v)).
+constexpr float kSignedOffset = FM_QUANT_AVX512 ? 128.0f : 0.0f;
+
+template <class Q>
+struct Codec32x8;
+
+template <>
+struct Codec32x8<quant::Q4_0> {
+  static constexpr bool kSigned = false, kMin = false;
+  static constexpr float kOffset = 8.0f;
+  static constexpr int kMaxU = 15;
+  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
+    __m256i t[4];
+    transpose8x16(p, off + 2, t);
+    split_nibbles(t, v);
+  }
+  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
+    d = f16_low_halves(gather_words(p, off, idx));
+  }
+};
+
+template <>
+struct Codec32x8<quant::Q4_1> {
+  static constexpr bool kSigned = false, kMin = true;
+  static constexpr float kOffset = 0.0f;
+  static constexpr int kMaxU = 15;
+  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
+    __m256i t[4];
+    transpose8x16(p, off + 4, t);
+    split_nibbles(t, v);
+  }
+  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256& m) {
+    f16_halves(gather_words(p, off, idx), d, m);
+  }
+};
+
+template <>
+struct Codec32x8<quant::Q5_0> {
+  static constexpr bool kSigned = false, kMin = false;
+  static constexpr float kOffset = 16.0f;
+  static constexpr int kMaxU = 31;
+  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
+    __m256i t[4];
+    transpose8x16(p, off + 6, t);
+    split_nibbles(t, v);
+    add_q5_high(gather_words(p, off + 2, idx), v);
+  }
+  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
+    d = f16_low_halves(gather_words(p, off, idx));
+  }
+};
+
+template <>
+struct Codec32x8<quant::Q5_1> {
+  static constexpr bool kSigned = false, kMin = true;
+  static constexpr float kOffset = 0.0f;
+  static constexpr int kMaxU = 31;
+  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
+    __m256i t[4];
+    transpose8x16(p, off + 8, t);
+    split_nibbles(t, v);
+    add_q5_high(gather_words(p, off + 4, idx), v);
+  }
+  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256& m) {
+    f16_halves(gather_words(p, off, idx), d, m);
+  }
+};
+
+template <>
+struct Codec32x8<quant::Q8_0> {
+  static constexpr bool kSigned = true, kMin = false;
+  static constexpr float kOffset = kSignedOffset;
+  static constexpr int kMaxU = 255;
+  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
+    __m256i t[4], u[4];
+    transpose8x16(p, off + 2, t);
+    transpose8x16(p, off + 18, u);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+#if FM_QUANT_AVX512
+      v[k] = _mm256_xor_si256(t[k], _mm256_set1_epi8(char(0x80)));
+      v[k + 4] = _mm256_xor_si256(u[k], _mm256_set1_epi8(char(0x80)));
+#else
+      v[k] = t[k], v[k + 4] = u[k];
+#endif
+    }
+  }
+  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
+    d = f16_low_halves(gather_words(p, off, idx));
+  }
+};
+
+template <>
+struct Codec32x8<quant::IQ4_NL> {
+  static constexpr bool kSigned = true, kMin = false;
+  static constexpr float kOffset = kSignedOffset;
+  static constexpr int kMaxU = 255;
+  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
+    __m256i t[4];
+    transpose8x16(p, off + 2, t);
+    split_nibbles(t, v);
+    lookup_levels(level_table(quant::tables::kValuesIq4nl), v);
+  }
+  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
+    d = f16_low_halves(gather_words(p, off, idx));
+  }
+};
+
+template <>
+struct Codec32x8<quant::MXFP4> {
+  static constexpr bool kSigned = true, kMin = false;
+  static constexpr float kOffset = kSignedOffset;
+  static constexpr int kMaxU = 255;
+  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
+    __m256i t[4];
+    transpose8x16(p, off + 1, t);
+    split_nibbles(t, v);
+    lookup_levels(level_table(quant::tables::kValuesMxfp4), v);
+  }
+  // e8m0_half: 2^(e - 128) as float bits, (e - 1) << 23 for e >= 2, else the subnormal 0x200000 << e.
+  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
+    const __m256i e = _mm256_and_si256(gather_words(p, off, idx), _mm256_set1_epi32(0xFF));
+    const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+    const __m256i tiny = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+    const __m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+    d = _mm256_castsi256_ps(_mm256_blendv_epi8(normal, tiny, small));
+  }
+};
+
+// The 8 rows' dot products of one block with activation block a (lane i: row i), in int32.
+template <class C>
+FM_BLOCK inline __m256i dot32x8(const __m256i (&v)[8], const int8_t* xq) {
+#if FM_QUANT_AVX512
+  __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+  for (int k = 0; k < 8; k += 2) {
+    s0 = _mm256_dpbusd_epi32(s0, v[k], _mm256_set1_epi32(int(load_u32(xq + 4 * k))));
+    s1 = _mm256_dpbusd_epi32(s1, v[k + 1], _mm256_set1_epi32(int(load_u32(xq + 4 * k + 4))));
+  }
+  return _mm256_add_epi32(s0, s1);
+#else
+  const __m256i ones = _mm256_set1_epi16(1);
+  // int16 pair sums of maddubs are at most 2 * kMaxU * 127: add as many as int16 holds first.
+  constexpr int kGroup = C::kSigned ? 1 : std::min(8, 32767 / (2 * C::kMaxU * 127));
+  __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; k += kGroup) {
+    __m256i s16 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int j = k; j < k + kGroup; ++j) {
+      __m256i x = _mm256_set1_epi32(int(load_u32(xq + 4 * j)));
+      __m256i u = v[j];
+      if constexpr (C::kSigned) x = _mm256_sign_epi8(x, u), u = _mm256_sign_epi8(u, u);
+      s16 = j == k ? _mm256_maddubs_epi16(u, x) : _mm256_add_epi16(s16, _mm256_maddubs_epi16(u, x));
+    }
+    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s16, ones));
+  }
+  return sum;
+#endif
+}
+
+// Rows [r0, r0 + 8k) for one token, eight at a time; the caller takes any rest.
+template <class Q>
+FM_SIMD int64_t rows32x8(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, float* y) {
+  using C = Codec32x8<Q>;
+  constexpr uint64_t kBytes = sizeof(typename Q::Block);
+  const int64_t n_blocks = w.cols / 32;
+  // The gathers address the rows by 32-bit offsets from the first of the eight.
+  if (w.row_bytes * 7 > uint64_t(INT32_MAX)) return r0;
+  const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                         _mm256_set1_epi32(int32_t(w.row_bytes)));
+  const auto* x = reinterpret_cast<const ActBlock32*>(xq);
+  int64_t r = r0;
+  for (; r + 8 <= r1; r += 8) {
+    const uint8_t* p[8];
+    for (int i = 0; i < 8; ++i) p[i] = reinterpret_cast<const uint8_t*>(w.data + uint64_t(r + i) * w.row_bytes);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    const auto step = [&](int64_t b, __m256& acc) FM_BLOCK {
+      const uint64_t off = uint64_t(b) * kBytes;
+      __m256i v[8];
+      C::values(p, off, idx, v);
+      const ActBlock32& a = x[b];
+      const __m256 sum = _mm256_cvtepi32_ps(dot32x8<C>(v, a.qs));
+      __m256 d, m;
+      C::scales(p, off, idx, d, m);
+      if constexpr (C::kMin) {
+        acc = _mm256_fmadd_ps(d, _mm256_mul_ps(sum, _mm256_set1_ps(a.d)), acc);
+        acc = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc);
+      } else if constexpr (C::kOffset != 0.0f) {
+        // w = d (u - c): d (dx sum_u - c s), s = dx sum x.
+        acc = _mm256_fmadd_ps(d, _mm256_fmadd_ps(sum, _mm256_set1_ps(a.d), _mm256_set1_ps(-C::kOffset * a.s)),
+                              acc);
+      } else {
+        acc = _mm256_fmadd_ps(d, _mm256_mul_ps(sum, _mm256_set1_ps(a.d)), acc);
+      }
+    };
+    int64_t b = 0;
+    for (; b + 2 <= n_blocks; b += 2) {
+      step(b, acc0);
+      step(b + 1, acc1);
+    }
+    if (b < n_blocks) step(b, acc0);
+    _mm256_storeu_ps(y + r, _mm256_add_ps(acc0, acc1));
+  }
+  return r;
 }
 
 // ---- super-blocks of 256 -------------------------------------------------------------------------
@@ -763,6 +1090,11 @@ template <class Q, int T>
 FM_SIMD void rows256(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes,
                      float* y, int64_t ldy) {
   constexpr uint64_t kBytes = sizeof(typename Q::Block);
+  // The K-quants and IQ4_XS are bound by memory on one core (rows of a few KB, one after another);
+  // the grid i-quants are bound by their table loads, which prefetches would compete with.
+  constexpr bool kPrefetch = !(std::is_same_v<Q, quant::IQ2_XXS> || std::is_same_v<Q, quant::IQ2_XS> ||
+                               std::is_same_v<Q, quant::IQ2_S> || std::is_same_v<Q, quant::IQ3_XXS> ||
+                               std::is_same_v<Q, quant::IQ3_S>);
   const int64_t n_blocks = w.cols / 256;
   const ActBlock256* x[T];
   for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const ActBlock256*>(xq + uint64_t(t) * xq_row_bytes);
@@ -772,6 +1104,7 @@ FM_SIMD void rows256(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, 
     for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= n_blocks; b += 2) {
+      if constexpr (kPrefetch) prefetch_ahead<2 * kBytes>(row + uint64_t(b) * kBytes);
       Block256<Q>::template dot<T>(row + uint64_t(b) * kBytes, x, b, acc0);
       Block256<Q>::template dot<T>(row + uint64_t(b + 1) * kBytes, x, b + 1, acc1);
     }
@@ -785,8 +1118,11 @@ FM_SIMD void quant_tile(const Mat& w, int64_t r0, int64_t r1, const std::byte* x
                         int n_tokens, float* y, int64_t ldy) {
   static_assert(kMaxTileTokens == 4);
   const auto rows = [&]<int T>() FM_SIMD {
-    if constexpr (Q::kBlock == 32)
-      rows32<Q, T>(w, r0, r1, xq, xq_row_bytes, y, ldy);
+    if constexpr (Q::kBlock == 32) {
+      int64_t r = r0;
+      if constexpr (T == 1 && requires { Codec32x8<Q>::kOffset; }) r = rows32x8<Q>(w, r0, r1, xq, y);
+      rows32<Q, T>(w, r, r1, xq, xq_row_bytes, y, ldy);
+    }
     else
       rows256<Q, T>(w, r0, r1, xq, xq_row_bytes, y, ldy);
   };
