@@ -103,8 +103,11 @@ template <class Fn>
 void for_each_tile(const Mat& w, int n, ThreadPool& pool, const Fn& fn) {
   const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
   const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
+  // Blocks (like chunks) start at multiples of 16 rows: the quantized kernels take rows eight at a
+  // time from the start of a range, so a row lands in the same group of eight whatever n is, and a
+  // sequence gets the same bits alone as in a batch.
   const int64_t block_rows =
-      n <= kMaxTileTokens ? w.rows : std::max<int64_t>(8, int64_t(kBlockBytes / row_bytes));
+      n <= kMaxTileTokens ? w.rows : round_up(std::max<int64_t>(16, int64_t(kBlockBytes / row_bytes)), 16);
   pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) {
     for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
       const int64_t b1 = std::min(r1, b0 + block_rows);

@@ -328,7 +328,7 @@ FM_SIMD void rows32(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, u
   }
 }
 
-// ---- one token, eight rows at a time (blocks of 32) ----------------------------------------------
+// ---- eight rows at a time (blocks of 32) ----------------------------------------------
 // For one token, the work around each row's integer dot product (its scale converted, multiplied and
 // broadcast, the sums converted to float, an FMA, nibbles decoded into half-used vectors) cost more
 // than the dot product itself. Eight rows go together instead: the value bytes of one block of each
@@ -591,9 +591,13 @@ FM_BLOCK inline __m256i dot32x8(const __m256i (&v)[8], const int8_t* xq) {
 #endif
 }
 
-// Rows [r0, r0 + 8k) for one token, eight at a time; the caller takes any rest.
-template <class Q>
-FM_SIMD int64_t rows32x8(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, float* y) {
+// Rows [r0, r0 + 8k) for T tokens, eight at a time; the caller takes any rest. A block's values and
+// scales are decoded once for the T tokens, and each token's sums go the same way whatever T is,
+// so a sequence gets the same bits decoded alone or in a batch. (One accumulator per token: the
+// FMA chain of 4-8 cycles a block is far shorter than the block's other work.)
+template <class Q, int T>
+FM_SIMD int64_t rows32x8(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, uint64_t xq_row_bytes,
+                         float* y, int64_t ldy) {
   using C = Codec32x8<Q>;
   constexpr uint64_t kBytes = sizeof(typename Q::Block);
   const int64_t n_blocks = w.cols / 32;
@@ -601,38 +605,37 @@ FM_SIMD int64_t rows32x8(const Mat& w, int64_t r0, int64_t r1, const std::byte* 
   if (w.row_bytes * 7 > uint64_t(INT32_MAX)) return r0;
   const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                          _mm256_set1_epi32(int32_t(w.row_bytes)));
-  const auto* x = reinterpret_cast<const ActBlock32*>(xq);
+  const ActBlock32* x[T];
+  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const ActBlock32*>(xq + uint64_t(t) * xq_row_bytes);
   int64_t r = r0;
   for (; r + 8 <= r1; r += 8) {
     const uint8_t* p[8];
     for (int i = 0; i < 8; ++i) p[i] = reinterpret_cast<const uint8_t*>(w.data + uint64_t(r + i) * w.row_bytes);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    const auto step = [&](int64_t b, __m256& acc) FM_BLOCK {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n_blocks; ++b) {
       const uint64_t off = uint64_t(b) * kBytes;
       __m256i v[8];
       C::values(p, off, idx, v);
-      const ActBlock32& a = x[b];
-      const __m256 sum = _mm256_cvtepi32_ps(dot32x8<C>(v, a.qs));
       __m256 d, m;
       C::scales(p, off, idx, d, m);
-      if constexpr (C::kMin) {
-        acc = _mm256_fmadd_ps(d, _mm256_mul_ps(sum, _mm256_set1_ps(a.d)), acc);
-        acc = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc);
-      } else if constexpr (C::kOffset != 0.0f) {
-        // w = d (u - c): d (dx sum_u - c s), s = dx sum x.
-        acc = _mm256_fmadd_ps(d, _mm256_fmadd_ps(sum, _mm256_set1_ps(a.d), _mm256_set1_ps(-C::kOffset * a.s)),
-                              acc);
-      } else {
-        acc = _mm256_fmadd_ps(d, _mm256_mul_ps(sum, _mm256_set1_ps(a.d)), acc);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) {
+        const ActBlock32& a = x[t][b];
+        const __m256 sum = _mm256_cvtepi32_ps(dot32x8<C>(v, a.qs));
+        if constexpr (C::kMin) {
+          acc[t] = _mm256_fmadd_ps(d, _mm256_mul_ps(sum, _mm256_set1_ps(a.d)), acc[t]);
+          acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc[t]);
+        } else if constexpr (C::kOffset != 0.0f) {
+          // w = d (u - c): d (dx sum_u - c s), s = dx sum x.
+          acc[t] = _mm256_fmadd_ps(
+              d, _mm256_fmadd_ps(sum, _mm256_set1_ps(a.d), _mm256_set1_ps(-C::kOffset * a.s)), acc[t]);
+        } else {
+          acc[t] = _mm256_fmadd_ps(d, _mm256_mul_ps(sum, _mm256_set1_ps(a.d)), acc[t]);
+        }
       }
-    };
-    int64_t b = 0;
-    for (; b + 2 <= n_blocks; b += 2) {
-      step(b, acc0);
-      step(b + 1, acc1);
     }
-    if (b < n_blocks) step(b, acc0);
-    _mm256_storeu_ps(y + r, _mm256_add_ps(acc0, acc1));
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(y + t * ldy + r, acc[t]);
   }
   return r;
 }
@@ -1118,11 +1121,8 @@ FM_SIMD void quant_tile(const Mat& w, int64_t r0, int64_t r1, const std::byte* x
                         int n_tokens, float* y, int64_t ldy) {
   static_assert(kMaxTileTokens == 4);
   const auto rows = [&]<int T>() FM_SIMD {
-    if constexpr (Q::kBlock == 32) {
-      int64_t r = r0;
-      if constexpr (T == 1 && requires { Codec32x8<Q>::kOffset; }) r = rows32x8<Q>(w, r0, r1, xq, y);
-      rows32<Q, T>(w, r, r1, xq, xq_row_bytes, y, ldy);
-    }
+    if constexpr (Q::kBlock == 32)  // eight rows at a time, the rest (under eight) one by one
+      rows32<Q, T>(w, rows32x8<Q, T>(w, r0, r1, xq, xq_row_bytes, y, ldy), r1, xq, xq_row_bytes, y, ldy);
     else
       rows256<Q, T>(w, r0, r1, xq, xq_row_bytes, y, ldy);
   };
