@@ -84,7 +84,8 @@ inline void check_matmul(const Mat& w, const std::vector<float>& values, int n, 
   }
 }
 
-// Runs the body once on the scalar kernels and, where the CPU has them, once on the AVX2 ones.
+// Runs the body once on the scalar kernels and, where the CPU has them, once on the vector ones
+// (AVX2, or their AVX-512 build where the CPU has that too).
 template <class F>
 void for_each_isa(F&& body) {
   cpu::set_force_scalar(true);
@@ -92,7 +93,7 @@ void for_each_isa(F&& body) {
   body();
   cpu::set_force_scalar(false);
   if (cpu::have_avx2()) {
-    EXPECT_STREQ(cpu::matmul_isa(), "avx2");
+    EXPECT_STRNE(cpu::matmul_isa(), "scalar");
     body();
   } else {
     GTEST_LOG_(INFO) << "no AVX2/FMA/F16C here: only the scalar path is tested";

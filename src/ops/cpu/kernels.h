@@ -20,7 +20,8 @@ void embed(const Mat& table, const int32_t* ids, int n, float* out);
 // Whether this CPU has AVX2, FMA and F16C (the vector path needs all three).
 bool have_avx2();
 
-// The path matmul takes now: "avx2" or "scalar".
+// The path matmul takes now: "avx512" (the quantized and MLX kernels' AVX-512 VNNI build), "avx2" or
+// "scalar".
 const char* matmul_isa();
 
 // Test hook: take the scalar path even where AVX2 is present.

@@ -153,7 +153,11 @@ bool have_avx2() {
 #endif
 }
 
-const char* matmul_isa() { return use_avx2() ? "avx2" : "scalar"; }
+const char* matmul_isa() {
+  // "avx512": the quantized and MLX kernels take their AVX-512 VNNI build (FM_NO_AVX512 unset);
+  // the float kernels follow their own check (have_avx512_float, F16/BF16 only).
+  return !use_avx2() ? "scalar" : detail::have_avx512_vnni() ? "avx512" : "avx2";
+}
 
 void set_force_scalar(bool force) { g_force_scalar.store(force, std::memory_order_relaxed); }
 
