@@ -14,7 +14,9 @@
 // kernels compute the same integer sums from the same quantized activations (their quantizers give
 // identical bytes, checked below), and so do the AVX-512 ones, so they must agree to float summation
 // order: |y_scalar - y_vector| <= 4e-6 * (1 + sum |w x|). matmul itself takes the AVX-512 kernels
-// where the CPU has them, else the AVX2 ones; the agreement test calls each directly.
+// where the CPU has them, else the AVX2 ones; the agreement test calls each directly, and also the
+// AVX-512 build with its AVX-512 instructions emulated in AVX2 (quant_avx512_emulated.cpp), so that
+// build's logic is checked on CPUs without AVX-512 too.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -35,6 +37,10 @@
 #include "util/half.h"
 
 namespace fm {
+
+namespace cpu::detail {
+QuantKernel emulated_avx512_quant_kernel(DType dtype);  // quant_avx512_emulated.cpp
+}
 
 void PrintTo(DType t, std::ostream* os) { *os << dtype_name(t); }
 
@@ -212,7 +218,9 @@ TEST_P(MatmulQuantTest, VectorKernelsAgreeWithScalar) {
   if (cpu::detail::have_avx512_vnni())
     vector_kernels.emplace_back("avx512", cpu::detail::avx512_quant_kernel(t));
   else
-    GTEST_LOG_(INFO) << "no AVX-512 VNNI here: only the AVX2 kernels are compared";
+    GTEST_LOG_(INFO) << "no AVX-512 VNNI here: its build is checked with the instructions emulated";
+  // The AVX-512 build's logic with its few AVX-512 instructions done in AVX2 (runs on any AVX2 CPU).
+  vector_kernels.emplace_back("avx512 emulated", cpu::detail::emulated_avx512_quant_kernel(t));
 
   const QuantMat m = make_quant_mat(t, 37, cols, 3);
   const uint64_t act_bytes = cpu::detail::quant_act_row_bytes(t, cols);
