@@ -192,9 +192,9 @@ FM_SIMD inline __m256i pair16(__m256i v8, int j) {
 // A single core reading a matrix row after row (each a few KB) waits on memory where the hardware
 // prefetcher restarts at page boundaries; the kernels that are bound by memory ask for the bytes
 // kPrefetchBytes ahead of those they read (every cache line of the next `bytes`). Measured on one
-// core of a Zen 4, 4096 x 14336 matvec, G weights/s, ahead 0 / 2048 / 4096 / 8192 bytes: Q4_K 20.3 /
-// 28.7 / 24.8 / 25.5, Q6_K 14.2 / 20.6 / 18.9 / 17.3, Q5_K 16.5 / 22.0 / 21.0 / 18.7; the grid
-// i-quants lost (IQ2_XXS 12.5 / 9.8), their table loads compete with the prefetches.
+// core of an AMD EPYC VM (AVX2 kernels), 4096 x 14336 matvec, G weights/s, ahead 0 / 2048 / 4096 /
+// 8192 bytes: Q4_K 20.3 / 28.7 / 24.8 / 25.5, Q6_K 14.2 / 20.6 / 18.9 / 17.3, Q5_K 16.5 / 22.0 / 21.0
+// / 18.7; the grid i-quants lost (IQ2_XXS 12.5 / 9.8), their table loads compete with the prefetches.
 inline constexpr uint64_t kPrefetchBytes = 2048;
 
 template <uint64_t kBytes>
