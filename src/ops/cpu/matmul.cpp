@@ -103,11 +103,12 @@ template <class Fn>
 void for_each_tile(const Mat& w, int n, ThreadPool& pool, const Fn& fn) {
   const uint64_t row_bytes = std::max<uint64_t>(w.row_bytes, 1);
   const int64_t grain = round_up(std::max<int64_t>(1, int64_t(kMinChunkBytes / row_bytes)), 16);
-  if (n <= kMaxTileTokens) {
-    // Decode: chunks of `grain` rows handed out one at a time, so a thread that is held up (another
-    // process on its core, a slower path to the data) leaves its rows to the others instead of
-    // holding up the call.
-    const int64_t n_chunks = (w.rows + grain - 1) / grain;
+  const int64_t n_chunks = (w.rows + grain - 1) / grain;
+  if (n <= kMaxTileTokens && n_chunks >= 4 * int64_t(pool.size())) {
+    // Decode over a large matrix: chunks of `grain` rows handed out one at a time, so a thread that
+    // is held up (another process on its core, a slower path to the data) leaves its rows to the
+    // others instead of holding up the call. (Small matrices keep one static share per thread: there
+    // the shared counter cost more than it balanced; the 2-core VM's default-model decode lost ~15%.)
     std::atomic<int64_t> next{0};
     pool.parallel_for(std::min<int64_t>(n_chunks, pool.size()), 1, [&](int64_t, int64_t, int) {
       for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < n_chunks;
@@ -116,11 +117,12 @@ void for_each_tile(const Mat& w, int n, ThreadPool& pool, const Fn& fn) {
     });
     return;
   }
-  // Prefill: a static share per thread, in row blocks that start (like the chunks) at multiples of
-  // 16 rows: the quantized kernels take rows eight at a time from the start of a range, so a row
-  // lands in the same group of eight whatever n is, and a sequence gets the same bits alone as in a
-  // batch.
-  const int64_t block_rows = round_up(std::max<int64_t>(16, int64_t(kBlockBytes / row_bytes)), 16);
+  // Otherwise a static share per thread, for prefill in row blocks. Shares, chunks and blocks all
+  // start at multiples of 16 rows: the quantized kernels take rows eight at a time from the start of
+  // a range, so a row lands in the same group of eight whatever n is, and a sequence gets the same
+  // bits alone as in a batch.
+  const int64_t block_rows =
+      n <= kMaxTileTokens ? w.rows : round_up(std::max<int64_t>(16, int64_t(kBlockBytes / row_bytes)), 16);
   pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) {
     for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
       const int64_t b1 = std::min(r1, b0 + block_rows);
