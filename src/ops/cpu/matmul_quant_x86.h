@@ -436,73 +436,51 @@ constexpr float kSignedOffset = FM_QUANT_AVX512 ? 128.0f : 0.0f;
 template <class Q>
 struct Codec32x8;
 
-template <>
-struct Codec32x8<quant::Q4_0> {
-  static constexpr bool kSigned = false, kMin = false;
-  static constexpr float kOffset = 8.0f;
-  static constexpr int kMaxU = 15;
-  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
-    __m256i t[4];
-    transpose8x16(p, off + 2, t);
-    split_nibbles(t, v);
-  }
+// The scales as f16 words at the start of each block.
+struct F16Scales32x8 {
   FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
     d = f16_low_halves(gather_words(p, off, idx));
   }
 };
 
-template <>
-struct Codec32x8<quant::Q4_1> {
-  static constexpr bool kSigned = false, kMin = true;
-  static constexpr float kOffset = 0.0f;
-  static constexpr int kMaxU = 15;
+// The 4- and 5-bit formats: nibbles at byte kQs of the block, the fifth bits (Q5) as a 32-bit word
+// at kQh (none: -1), the f16 scale at 0 and, with kHasMin, the f16 min at 2; w = d (u - kOff) (+ m).
+template <int kQs, int kQh, bool kHasMin, float kOff>
+struct Nibbles32x8 {
+  static constexpr bool kSigned = false, kMin = kHasMin;
+  static constexpr float kOffset = kOff;
+  static constexpr int kMaxU = kQh < 0 ? 15 : 31;
   FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
     __m256i t[4];
-    transpose8x16(p, off + 4, t);
+    transpose8x16(p, off + kQs, t);
     split_nibbles(t, v);
+    if constexpr (kQh >= 0) add_q5_high(gather_words(p, off + kQh, idx), v);
   }
   FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256& m) {
-    f16_halves(gather_words(p, off, idx), d, m);
+    if constexpr (kHasMin)
+      f16_halves(gather_words(p, off, idx), d, m);
+    else
+      d = f16_low_halves(gather_words(p, off, idx));
   }
 };
 
 template <>
-struct Codec32x8<quant::Q5_0> {
-  static constexpr bool kSigned = false, kMin = false;
-  static constexpr float kOffset = 16.0f;
-  static constexpr int kMaxU = 31;
-  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
-    __m256i t[4];
-    transpose8x16(p, off + 6, t);
-    split_nibbles(t, v);
-    add_q5_high(gather_words(p, off + 2, idx), v);
-  }
-  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
-    d = f16_low_halves(gather_words(p, off, idx));
-  }
-};
-
+struct Codec32x8<quant::Q4_0> : Nibbles32x8<2, -1, false, 8.0f> {};
 template <>
-struct Codec32x8<quant::Q5_1> {
-  static constexpr bool kSigned = false, kMin = true;
-  static constexpr float kOffset = 0.0f;
-  static constexpr int kMaxU = 31;
-  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
-    __m256i t[4];
-    transpose8x16(p, off + 8, t);
-    split_nibbles(t, v);
-    add_q5_high(gather_words(p, off + 4, idx), v);
-  }
-  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256& m) {
-    f16_halves(gather_words(p, off, idx), d, m);
-  }
-};
-
+struct Codec32x8<quant::Q4_1> : Nibbles32x8<4, -1, true, 0.0f> {};
 template <>
-struct Codec32x8<quant::Q8_0> {
+struct Codec32x8<quant::Q5_0> : Nibbles32x8<6, 2, false, 16.0f> {};
+template <>
+struct Codec32x8<quant::Q5_1> : Nibbles32x8<8, 4, true, 0.0f> {};
+
+struct Signed32x8 {
   static constexpr bool kSigned = true, kMin = false;
   static constexpr float kOffset = kSignedOffset;
   static constexpr int kMaxU = 255;
+};
+
+template <>
+struct Codec32x8<quant::Q8_0> : Signed32x8, F16Scales32x8 {
   FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
     __m256i t[4], u[4];
     transpose8x16(p, off + 2, t);
@@ -517,38 +495,24 @@ struct Codec32x8<quant::Q8_0> {
 #endif
     }
   }
-  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
-    d = f16_low_halves(gather_words(p, off, idx));
+};
+
+// The 16-level formats: nibbles at byte kQs of the block, looked up in kLevels.
+template <const int8_t* kLevels, int kQs>
+struct Levels32x8 : Signed32x8 {
+  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
+    __m256i t[4];
+    transpose8x16(p, off + kQs, t);
+    split_nibbles(t, v);
+    lookup_levels(level_table(kLevels), v);
   }
 };
 
 template <>
-struct Codec32x8<quant::IQ4_NL> {
-  static constexpr bool kSigned = true, kMin = false;
-  static constexpr float kOffset = kSignedOffset;
-  static constexpr int kMaxU = 255;
-  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
-    __m256i t[4];
-    transpose8x16(p, off + 2, t);
-    split_nibbles(t, v);
-    lookup_levels(level_table(quant::tables::kValuesIq4nl), v);
-  }
-  FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
-    d = f16_low_halves(gather_words(p, off, idx));
-  }
-};
+struct Codec32x8<quant::IQ4_NL> : Levels32x8<quant::tables::kValuesIq4nl, 2>, F16Scales32x8 {};
 
 template <>
-struct Codec32x8<quant::MXFP4> {
-  static constexpr bool kSigned = true, kMin = false;
-  static constexpr float kOffset = kSignedOffset;
-  static constexpr int kMaxU = 255;
-  FM_BLOCK static void values(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256i (&v)[8]) {
-    __m256i t[4];
-    transpose8x16(p, off + 1, t);
-    split_nibbles(t, v);
-    lookup_levels(level_table(quant::tables::kValuesMxfp4), v);
-  }
+struct Codec32x8<quant::MXFP4> : Levels32x8<quant::tables::kValuesMxfp4, 1> {
   // e8m0_half: 2^(e - 128) as float bits, (e - 1) << 23 for e >= 2, else the subnormal 0x200000 << e.
   FM_BLOCK static void scales(const uint8_t* const (&p)[8], uint64_t off, __m256i idx, __m256& d, __m256&) {
     const __m256i e = _mm256_and_si256(gather_words(p, off, idx), _mm256_set1_epi32(0xFF));
