@@ -17,13 +17,9 @@
 // AVX-512 changes only the primitives: VNNI computes the whole byte dot product of a block of 32
 // (vpdpbusd: exact int32 sums, the same numbers since nothing saturates), sign bits move onto
 // activations through a mask (vpsubb under k), IQ2_XS signs are decoded for a whole block at once,
-// the IQ3_S grid rows, whose indices are computed in a vector, come in by one gather (one core of a
-// Xeon: IQ3_S 8.1 Gw/s against 4.7 through a stored index vector; about even on a Zen 4 core, where a
-// gather measured 2x slower than IQ3_XXS's direct byte indices, which therefore stay), and EVEX
-// encoding gives 32 vector registers. (IQ2_S had a gather too; its indices are now computed for a
-// whole block at once, on both paths: see GridCodec<IQ2_S>.) All paths give the same
-// integer sums, so the same results up to float summation order. (AVX2 machines keep the scalar loads:
-// gathers are slow on several of them.)
+// and EVEX encoding gives 32 vector registers. (IQ2_S had a gather too; its indices are now computed
+// for a whole block at once, on both paths: see GridCodec<IQ2_S>.) All paths give the same integer
+// sums, so the same results up to float summation order.
 //
 // The blocks of 32 share one driver (rows32) over a per-format decoder (Codec32); the i-quants
 // share one block kernel over a per-format decoder of 32-value chunks (GridCodec); the K-quants
@@ -766,7 +762,7 @@ struct GridCodec<quant::IQ3_XXS> : GridBase<quant::IQ3_XXS::Block, 0.25f> {
   template <class F>
   FM_BLOCK static void chunk(const Block& blk, NoState, int ib, F&& f) {
     const uint8_t* q = blk.qs + 8 * ib;
-    // (A gather here measured 2x slower on a Zen 4 core than these byte-indexed loads.)
+    // (A gather here measured 2x slower on a Zen 4 core than these byte-indexed loads, even on a Xeon.)
     const int idx[8] = {q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]};
     const __m256i grid = grid4x8(kGridIq3xxs, idx);
     const uint32_t aux = load_u32(blk.scales_and_signs + 4 * ib);
@@ -785,14 +781,13 @@ struct GridCodec<quant::IQ3_S> : GridBase<quant::IQ3_S::Block, 1.0f> {
     const __m256i high = _mm256_and_si256(
         _mm256_sllv_epi32(_mm256_set1_epi32(blk.qh[ib]), _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1)),
         _mm256_set1_epi32(256));
-#if FM_QUANT_AVX512
+    // The eight grid rows by one gather, on both paths: one core of a Xeon, 4096 x 14336, G weights/s,
+    // gather against the index vector stored and read back for scalar loads: AVX-512 8.1 / 4.7, AVX2
+    // 5.4 / 3.3 and 5.0 / 2.8; about even on a Zen 4 core and on an AMD EPYC VM's AVX2 (noisy).
+    // (IQ3_XXS's indices are bytes of the block, loaded directly: a gather lost there on Zen 4 and
+    // came out even on the Xeon.)
     const __m256i grid =
         _mm256_i32gather_epi32(reinterpret_cast<const int*>(kGridIq3s), _mm256_or_si256(low, high), 4);
-#else
-    alignas(32) int idx[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(idx), _mm256_or_si256(low, high));
-    const __m256i grid = grid4x8(kGridIq3s, idx);
-#endif
     const int s = (blk.scales[ib / 2] >> (4 * (ib % 2))) & 0xF;
     f(grid, load_u32(blk.signs + 4 * ib), _mm256_set1_epi16(int16_t(2 * s + 1)));
   }
