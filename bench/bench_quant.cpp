@@ -8,6 +8,7 @@
 // measures the AVX2 ones instead.
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -42,10 +43,14 @@ std::vector<std::byte> random_weights(int64_t n_blocks) {
   return out;
 }
 
-// One-token matvec of w (kRows x kCols) on `threads` threads: weights and bytes per second.
-void time_matvec(benchmark::State& state, const fm::Mat& w, int threads) {
+// One-token matvec of w (kRows x kCols) on `threads` threads: weights and bytes per second, and
+// "sleeps": how often per call a pool worker slept between calls (its spin of `spin` ran out) and
+// had to be woken, which a busy host makes slow.
+void time_matvec(benchmark::State& state, const fm::Mat& w, int threads,
+                 std::chrono::microseconds spin = fm::ThreadPool::kDefaultSpin) {
   std::vector<float> x(static_cast<size_t>(kCols), 0.5f), y(static_cast<size_t>(kRows));
-  fm::ThreadPool pool(threads);
+  fm::ThreadPool pool(threads, spin);
+  const uint64_t sleeps0 = pool.sleeps();
   for (auto _ : state) {
     fm::cpu::matmul(w, x.data(), 1, y.data(), pool);
     benchmark::DoNotOptimize(y.data());
@@ -53,16 +58,29 @@ void time_matvec(benchmark::State& state, const fm::Mat& w, int threads) {
   }
   state.SetItemsProcessed(int64_t(state.iterations()) * kRows * kCols);
   state.SetBytesProcessed(int64_t(state.iterations() * w.nbytes()));
+  state.counters["sleeps"] =
+      benchmark::Counter(double(pool.sleeps() - sleeps0), benchmark::Counter::kAvgIterations);
   state.SetLabel(fm::cpu::matmul_isa());
 }
 
 template <class Q>
-void BM_matvec_quant(benchmark::State& state) {
+void matvec_quant(benchmark::State& state, std::chrono::microseconds spin) {
   const int threads = int(state.range(0));
   const uint64_t row_bytes = uint64_t(kCols / Q::kBlock) * sizeof(typename Q::Block);
   const std::vector<std::byte> weights = random_weights<Q>(kRows * kCols / Q::kBlock);
   const fm::Mat w{Q::kType, kRows, kCols, weights.data(), row_bytes};
-  time_matvec(state, w, threads);
+  time_matvec(state, w, threads, spin);
+}
+
+template <class Q>
+void BM_matvec_quant(benchmark::State& state) {
+  matvec_quant<Q>(state, fm::ThreadPool::kDefaultSpin);
+}
+
+// The same with the pool's spin (microseconds) as the second argument.
+template <class Q>
+void BM_spin_quant(benchmark::State& state) {
+  matvec_quant<Q>(state, std::chrono::microseconds(state.range(1)));
 }
 
 // The float weight types of the same table (F16 and BF16 rows of random finite values).
@@ -166,6 +184,19 @@ FM_QUANT_BENCH(IQ2_S);
 FM_QUANT_BENCH(IQ3_XXS);
 FM_QUANT_BENCH(IQ3_S);
 FM_QUANT_BENCH(IQ4_XS);
+
+// The pool's spin before a worker sleeps, side by side: the default against milliseconds (as
+// OpenMP's threads spin), on a compute-bound and a memory-bound format.
+#define FM_SPIN_BENCH(T)                                                                         \
+  BENCHMARK_TEMPLATE(BM_spin_quant, fm::quant::T)                                                \
+      ->Name("BM_spin_" #T)                                                                      \
+      ->ArgNames({"threads", "spin_us"})                                                         \
+      ->ArgsProduct({{2, 16}, {fm::ThreadPool::kDefaultSpin.count(), 1000, 5000}})               \
+      ->UseRealTime()                                                                            \
+      ->MinWarmUpTime(0.2)
+
+FM_SPIN_BENCH(IQ2_XXS);
+FM_SPIN_BENCH(Q4_K);
 
 }  // namespace
 

@@ -21,11 +21,6 @@ namespace fm {
 
 namespace {
 
-// How long an idle worker polls before it sleeps. A decode step issues kernels a few microseconds
-// apart, and a futex wake-up costs about as much as a small kernel, so the workers stay hot across
-// that gap; a long idle stretch (between requests) still puts them to sleep.
-constexpr auto kSpinTime = std::chrono::microseconds(50);
-
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -41,7 +36,10 @@ inline void share_range(int64_t n, int64_t grain, int n_shares, int index, int64
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads) {
+// The spin (kDefaultSpin): a decode step issues kernels a few microseconds apart, and a futex
+// wake-up costs about as much as a small kernel, so the workers stay hot across that gap; a long
+// idle stretch (between requests) still puts them to sleep.
+ThreadPool::ThreadPool(int n_threads, std::chrono::microseconds spin) : n_threads_(n_threads), spin_(spin) {
   FM_CHECK(n_threads >= 1 && n_threads < (1 << kShareBits), "thread pool needs 1 to {} threads, got {}",
            (1 << kShareBits) - 1, n_threads);
   threads_.reserve(size_t(n_threads - 1));
@@ -112,7 +110,7 @@ void ThreadPool::worker(int index) {
   uint64_t seen = 0;  // the generation last handled (taken part in or left out of)
   for (;;) {
     // Poll first; the clock is read only every few dozen pauses to keep the loop light.
-    const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
+    const auto spin_until = std::chrono::steady_clock::now() + spin_;
     uint64_t word = job_word_.load(std::memory_order_acquire);
     for (int spins = 1; word >> kShareBits == seen && !stop_.load(std::memory_order_acquire); ++spins) {
       if (spins % 64 == 0) {
@@ -126,9 +124,12 @@ void ThreadPool::worker(int index) {
     }
     if (word >> kShareBits == seen) {
       std::unique_lock<std::mutex> lock(mutex_);
+      bool counted = false;
       wake_.wait(lock, [&] {
         word = job_word_.load(std::memory_order_acquire);
-        return word >> kShareBits != seen || stop_.load(std::memory_order_acquire);
+        const bool go = word >> kShareBits != seen || stop_.load(std::memory_order_acquire);
+        if (!go && !counted) sleeps_.fetch_add(1, std::memory_order_relaxed), counted = true;
+        return go;
       });
     }
     if (stop_.load(std::memory_order_acquire)) return;

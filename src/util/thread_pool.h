@@ -5,6 +5,7 @@
 // short kernels of a decode step do not pay a futex wake-up each.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -28,12 +29,20 @@ class RangeFn {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int n_threads);  // n_threads >= 1, counting the caller
+  // How long an idle worker polls for the next job before it sleeps (see thread_pool.cpp).
+  static constexpr std::chrono::microseconds kDefaultSpin{50};
+
+  // n_threads >= 1, counting the caller.
+  explicit ThreadPool(int n_threads, std::chrono::microseconds spin = kDefaultSpin);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
+
+  // How many times a worker has gone to sleep (its spin ran out before the next job came): each
+  // costs a futex wake-up on the next job, which on a busy virtual machine can hold up a whole call.
+  uint64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }
 
   // fn(begin, end, thread_index) over a partition of [0, n) in chunks that are multiples of `grain`.
   template <class F>
@@ -51,6 +60,8 @@ class ThreadPool {
   static constexpr int kShareBits = 16;
 
   int n_threads_;
+  std::chrono::microseconds spin_;
+  std::atomic<uint64_t> sleeps_{0};
   std::vector<std::thread> threads_;
   std::mutex mutex_;
   std::condition_variable wake_;

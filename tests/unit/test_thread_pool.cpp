@@ -118,6 +118,24 @@ TEST(thread_pool, WorkersWakeAfterSleeping) {
   }
 }
 
+// sleeps() counts the times a worker's spin ran out: none while it spins across short gaps, and
+// some once the pool has idled past the spin.
+TEST(thread_pool, CountsSleeps) {
+  ThreadPool pool(2, std::chrono::seconds(10));
+  std::atomic<int> seen{0};
+  for (int round = 0; round < 20; ++round)
+    pool.parallel_for(2, 1, [&](int64_t, int64_t, int thread) { seen.fetch_or(1 << thread); });
+  EXPECT_EQ(seen.load(), 0b11);
+  EXPECT_EQ(pool.sleeps(), 0u);
+
+  ThreadPool short_spin(2, std::chrono::microseconds(50));
+  for (int round = 0; round < 3; ++round) {
+    short_spin.parallel_for(2, 1, [](int64_t, int64_t, int) {});
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GE(short_spin.sleeps(), 1u);
+}
+
 TEST(thread_pool, ResultsVisibleToCaller) {
   ThreadPool pool(2);
   for (int round = 0; round < 1000; ++round) {
