@@ -128,7 +128,10 @@ void ThreadPool::worker(int index) {
       wake_.wait(lock, [&] {
         word = job_word_.load(std::memory_order_acquire);
         const bool go = word >> kShareBits != seen || stop_.load(std::memory_order_acquire);
-        if (!go && !counted) sleeps_.fetch_add(1, std::memory_order_relaxed), counted = true;
+        if (!go && !counted) {  // about to block: count it once, however often it wakes spuriously
+          sleeps_.fetch_add(1, std::memory_order_relaxed);
+          counted = true;
+        }
         return go;
       });
     }
