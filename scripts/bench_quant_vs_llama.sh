@@ -15,9 +15,11 @@
 # Environment:
 #   TYPES    the types, e.g. TYPES="Q4_K Q8_0" (default: all of the table)
 #   THREADS  thread counts (default "1 2"; bench_quant has 1, 2, 4, 8 and 16)
-#   REPEATS  runs of each (type, threads) pair (default 3); each side keeps its best, which filters
-#            out the moments another process took the core. The "spread" columns give
-#            (best - worst) / best over the repeats of each side: the noise of the measurement.
+#   REPEATS  runs of each (type, threads) pair (default 3), each of SHORT timings (default 3) of
+#            SECONDS_EACH (default 0.3) per program; each side keeps its best timing, which filters out the
+#            moments another process took the core (short timings are more often clean than long
+#            ones). The "spread" columns give (best - worst) / best over all timings of each side: the
+#            noise of the measurement.
 #   FM_NO_AVX512=1  flashmoe takes its AVX2 kernels even where the CPU has AVX-512 VNNI, so both of
 #            its x86 paths can be measured on one machine (llama.cpp's build is not affected)
 #
@@ -42,6 +44,8 @@ fi
 [[ -x "$ggml" ]] || { echo "no ggml_matvec at $ggml (scripts/build_ggml_matvec.sh builds it)" >&2; exit 1; }
 types=${TYPES:-"Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ4_NL IQ4_XS MXFP4 BF16 F16"}
 threads_list=${THREADS:-"1 2"}
+short=${SHORT:-3}
+seconds=${SECONDS_EACH:-0.3}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -91,11 +95,15 @@ for r in $(seq "${REPEATS:-3}"); do
   for t in $types; do
     lt=$(echo "$t" | sed 's/.*/\L&/; s/_k$/_K/')  # ggml's spelling: q4_K, iq2_xxs, bf16
     for threads in $threads_list; do
-      "$ggml" "$lt" "$threads" >>"$work/llama.txt.new" 2>/dev/null || true
-      "$ggml" "$lt" "$threads" --repack >>"$work/llama.txt.new" 2>/dev/null || true
+      for layout in "" --repack; do
+        "$ggml" "$lt" "$threads" $layout --seconds "$seconds" --repetitions "$short" \
+          >>"$work/llama.txt.new" 2>/dev/null || true
+      done
       sed "s/^$lt /$t /" "$work/llama.txt.new" >>"$work/llama.txt" && rm "$work/llama.txt.new"
-      "$bench" --benchmark_filter="^BM_matvec_$t/threads:$threads/" --benchmark_format=csv 2>/dev/null |
-        grep "^\"BM_matvec" >>"$work/ours.csv" || true
+      # one CSV row per repetition (the aggregates, named ..._mean and so on, left out)
+      "$bench" --benchmark_filter="^BM_matvec_$t/threads:$threads/" --benchmark_format=csv \
+        --benchmark_repetitions="$short" --benchmark_min_time="$seconds" 2>/dev/null |
+        grep "^\"BM_matvec" | grep -v '_\(mean\|median\|stddev\|cv\)"' >>"$work/ours.csv" || true
     done
     if [[ -n "$out_file" ]]; then
       table >"$out_file.tmp.$$" && mv "$out_file.tmp.$$" "$out_file"

@@ -4,7 +4,7 @@
 // once (as llama.cpp's contexts keep one), weights per second printed. Built against ggml's own
 // headers and libraries (the llama-cpp-python source package vendors them), never part of flashmoe:
 //   g++ -std=c++17 -O2 tools/ggml_matvec.cpp -I$LLAMA/ggml/include -L$LIB -lggml -lggml-base -lggml-cpu
-//   ./ggml_matvec TYPE THREADS [--repack] [--rows 4096] [--cols 14336] [--seconds 1]
+//   ./ggml_matvec TYPE THREADS [--repack] [--rows 4096] [--cols 14336] [--seconds 1] [--repetitions 1]
 // TYPE is ggml's name (q4_K, iq2_xxs, bf16 ...). --repack puts the weights in the CPU backend's
 // repacking buffer, the interleaved layout llama.cpp gives a model's weights when it loads one on
 // the CPU (for the types and CPUs that have one: Q4_0, Q4_K, IQ4_NL, MXFP4 on AVX2, Q2_K on AVX-512;
@@ -12,7 +12,8 @@
 // Weights: 16 rows of random normal values quantized by ggml_quantize_chunk (an importance matrix of
 // ones for the types that need one), repeated over all rows; the work per block does not depend on
 // the values.
-// Output, one line: TYPE THREADS LAYOUT us_per_call weights_per_second
+// Output, one line per repetition (each timed over --seconds): TYPE THREADS LAYOUT us_per_call
+// weights_per_second
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -55,7 +56,7 @@ ggml_backend_buffer_type_t repack_buffer_type(ggml_backend_t backend) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s TYPE THREADS [--repack] [--rows N] [--cols N] [--seconds S]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s TYPE THREADS [--repack] [--rows N] [--cols N] [--seconds S] [--repetitions N]\n", argv[0]);
     return 2;
   }
   const ggml_type type = type_by_name(argv[1]);
@@ -63,6 +64,7 @@ int main(int argc, char** argv) {
   bool repack = false;
   int64_t rows = 4096, cols = 14336;
   double seconds = 1.0;
+  int repetitions = 1;
   for (int i = 3; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--repack") {
@@ -73,10 +75,13 @@ int main(int argc, char** argv) {
       cols = std::atoll(argv[++i]);
     } else if (i + 1 < argc && a == "--seconds") {
       seconds = std::atof(argv[++i]);
+    } else if (i + 1 < argc && a == "--repetitions") {
+      repetitions = std::atoi(argv[++i]);
     } else {
       die(("unknown argument " + a).c_str());
     }
   }
+  if (repetitions < 1) die("bad repetitions");
   if (threads < 1 || rows < 16 || rows % 16 != 0 || cols % 256 != 0) die("bad threads, rows or cols");
 
   ggml_backend_t backend = ggml_backend_cpu_init();
@@ -144,9 +149,11 @@ int main(int argc, char** argv) {
     return elapsed / double(n);
   };
   run_for(0.2);  // warm-up: threads spun up, weights in cache as far as they fit
-  const double per_call = run_for(seconds);
-  std::printf("%s %d %s %.3f %.6g\n", argv[1], threads, repack ? "repack" : "plain", per_call * 1e6,
-              double(rows) * double(cols) / per_call);
+  for (int r = 0; r < repetitions; ++r) {
+    const double per_call = run_for(seconds);
+    std::printf("%s %d %s %.3f %.6g\n", argv[1], threads, repack ? "repack" : "plain", per_call * 1e6,
+                double(rows) * double(cols) / per_call);
+  }
 
   ggml_backend_buffer_free(xbuf);
   ggml_backend_buffer_free(wbuf);
