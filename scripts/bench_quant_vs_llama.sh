@@ -16,10 +16,10 @@
 #   TYPES    the types, e.g. TYPES="Q4_K Q8_0" (default: all of the table)
 #   THREADS  thread counts (default "1 2"; bench_quant has 1, 2, 4, 8 and 16)
 #   REPEATS  runs of each (type, threads) pair (default 3), each of SHORT timings (default 3) of
-#            SECONDS_EACH (default 0.3) per program; each side keeps its best timing, which filters out the
-#            moments another process took the core (short timings are more often clean than long
-#            ones). The "spread" columns give (best - worst) / best over all timings of each side: the
-#            noise of the measurement.
+#            SECONDS_EACH seconds (default 0.3) per program; each side keeps its best timing, which
+#            filters out the moments another process took the core (short timings are more often
+#            clean than long ones). The "spread" columns give (best - worst) / best over all timings
+#            of each side: the noise of the measurement.
 #   FM_NO_AVX512=1  flashmoe takes its AVX2 kernels even where the CPU has AVX-512 VNNI, so both of
 #            its x86 paths can be measured on one machine (llama.cpp's build is not affected)
 #

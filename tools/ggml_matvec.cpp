@@ -56,7 +56,9 @@ ggml_backend_buffer_type_t repack_buffer_type(ggml_backend_t backend) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s TYPE THREADS [--repack] [--rows N] [--cols N] [--seconds S] [--repetitions N]\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s TYPE THREADS [--repack] [--rows N] [--cols N] [--seconds S] [--repetitions N]\n",
+                 argv[0]);
     return 2;
   }
   const ggml_type type = type_by_name(argv[1]);

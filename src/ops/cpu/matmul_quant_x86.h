@@ -798,7 +798,7 @@ struct GridCodec<quant::IQ3_S> {
         _mm256_set1_epi32(256));
     // The eight grid rows by one gather, on both paths: one core of a Xeon, 4096 x 14336, G weights/s,
     // gather against the index vector stored and read back for scalar loads: AVX-512 8.1 / 4.7, AVX2
-    // 5.4 / 3.3 and 5.0 / 2.8; about even on a Zen 4 core and on an AMD EPYC VM's AVX2 (noisy).
+    // 5.4 / 3.3 and 5.0 / 2.8 in two runs; about even on a Zen 4 core and on an AMD EPYC VM's AVX2 (noisy).
     // (IQ3_XXS's indices are bytes of the block, loaded directly: a gather lost there on Zen 4 and
     // came out even on the Xeon.)
     const __m256i grid =
