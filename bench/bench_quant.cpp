@@ -16,6 +16,7 @@
 
 #include "formats/quant_blocks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/mat.h"
 #include "util/half.h"
 #include "util/thread_pool.h"
 
@@ -63,18 +64,25 @@ void time_matvec(benchmark::State& state, const fm::Mat& w, int threads,
   state.SetLabel(fm::cpu::matmul_isa());
 }
 
+// interleaved: the rows interleaved by eight, as the CPU backend lays out resident weights at load.
 template <class Q>
-void matvec_quant(benchmark::State& state, std::chrono::microseconds spin) {
+void matvec_quant(benchmark::State& state, std::chrono::microseconds spin, bool interleaved = false) {
   const int threads = int(state.range(0));
   const uint64_t row_bytes = uint64_t(kCols / Q::kBlock) * sizeof(typename Q::Block);
   const std::vector<std::byte> weights = random_weights<Q>(kRows * kCols / Q::kBlock);
   const fm::Mat w{Q::kType, kRows, kCols, weights.data(), row_bytes};
-  time_matvec(state, w, threads, spin);
+  std::vector<std::byte> packed(interleaved ? weights.size() : 0);
+  time_matvec(state, interleaved ? fm::interleave_rows8(w, packed.data()) : w, threads, spin);
 }
 
 template <class Q>
 void BM_matvec_quant(benchmark::State& state) {
   matvec_quant<Q>(state, fm::ThreadPool::kDefaultSpin);
+}
+
+template <class Q>
+void BM_matvec_interleaved(benchmark::State& state) {
+  matvec_quant<Q>(state, fm::ThreadPool::kDefaultSpin, true);
 }
 
 // The same with the pool's spin (microseconds) as the second argument.
@@ -154,25 +162,30 @@ BENCHMARK_TEMPLATE(BM_matvec_float, fm::DType::BF16)
     ->UseRealTime()
     ->MinWarmUpTime(0.2);
 
-#define FM_QUANT_BENCH(T)                           \
-  BENCHMARK_TEMPLATE(BM_matvec_quant, fm::quant::T) \
-      ->Name("BM_matvec_" #T)                       \
-      ->ArgName("threads")                          \
-      ->Arg(1)                                      \
-      ->Arg(2)                                      \
-      ->Arg(4)                                      \
-      ->Arg(8)                                      \
-      ->Arg(16)                                     \
-      ->UseRealTime()                               \
+#define FM_QUANT_BENCH_AS(FN, T, NAME) \
+  BENCHMARK_TEMPLATE(FN, fm::quant::T) \
+      ->Name(NAME)                     \
+      ->ArgName("threads")             \
+      ->Arg(1)                         \
+      ->Arg(2)                         \
+      ->Arg(4)                         \
+      ->Arg(8)                         \
+      ->Arg(16)                        \
+      ->UseRealTime()                  \
       ->MinWarmUpTime(0.2)
+#define FM_QUANT_BENCH(T) FM_QUANT_BENCH_AS(BM_matvec_quant, T, "BM_matvec_" #T)
+// The blocks of 32 also with their rows interleaved (BM_matvec_Q4_0_interleaved ...).
+#define FM_QUANT_BENCH32(T) \
+  FM_QUANT_BENCH(T);        \
+  FM_QUANT_BENCH_AS(BM_matvec_interleaved, T, "BM_matvec_" #T "_interleaved")
 
-FM_QUANT_BENCH(Q4_0);
-FM_QUANT_BENCH(Q4_1);
-FM_QUANT_BENCH(Q5_0);
-FM_QUANT_BENCH(Q5_1);
-FM_QUANT_BENCH(Q8_0);
-FM_QUANT_BENCH(IQ4_NL);
-FM_QUANT_BENCH(MXFP4);
+FM_QUANT_BENCH32(Q4_0);
+FM_QUANT_BENCH32(Q4_1);
+FM_QUANT_BENCH32(Q5_0);
+FM_QUANT_BENCH32(Q5_1);
+FM_QUANT_BENCH(Q8_0);  // not interleaved by the CPU backend (see CpuBackend::prepare_resident)
+FM_QUANT_BENCH32(IQ4_NL);
+FM_QUANT_BENCH32(MXFP4);
 FM_QUANT_BENCH(Q2_K);
 FM_QUANT_BENCH(Q3_K);
 FM_QUANT_BENCH(Q4_K);
@@ -187,12 +200,12 @@ FM_QUANT_BENCH(IQ4_XS);
 
 // The pool's spin before a worker sleeps, side by side: the default against milliseconds (as
 // OpenMP's threads spin), on a compute-bound and a memory-bound format.
-#define FM_SPIN_BENCH(T)                                                                         \
-  BENCHMARK_TEMPLATE(BM_spin_quant, fm::quant::T)                                                \
-      ->Name("BM_spin_" #T)                                                                      \
-      ->ArgNames({"threads", "spin_us"})                                                         \
-      ->ArgsProduct({{2, 16}, {fm::ThreadPool::kDefaultSpin.count(), 1000, 5000}})               \
-      ->UseRealTime()                                                                            \
+#define FM_SPIN_BENCH(T)                                                           \
+  BENCHMARK_TEMPLATE(BM_spin_quant, fm::quant::T)                                  \
+      ->Name("BM_spin_" #T)                                                        \
+      ->ArgNames({"threads", "spin_us"})                                           \
+      ->ArgsProduct({{2, 16}, {fm::ThreadPool::kDefaultSpin.count(), 1000, 5000}}) \
+      ->UseRealTime()                                                              \
       ->MinWarmUpTime(0.2)
 
 FM_SPIN_BENCH(IQ2_XXS);

@@ -5,7 +5,11 @@
 # the ratios (ours / llama.cpp; above 1 is faster). llama.cpp is timed in both weight layouts it
 # has: "plain", the GGUF block layout (what test-backend-ops times), and "repack", the interleaved
 # layout it gives a model's weights when it loads one on the CPU, where the type has one on this CPU
-# (x86: Q4_0, Q4_K, IQ4_NL, MXFP4; Q2_K with AVX-512). "ratio" is against the faster of the two.
+# (x86: Q4_0, Q4_K, IQ4_NL, MXFP4; Q2_K with AVX-512). flashmoe is timed in its two as well: the
+# file's layout (what streamed experts are computed in) and, for the blocks of 32, "interleaved", the
+# layout its CPU backend gives resident weights at load (Backend::prepare_resident). "ratio" is each
+# side's faster layout against the other's; "ratio file layout" ours in the file's layout against
+# llama.cpp's faster one.
 #
 # usage: scripts/bench_quant_vs_llama.sh [-o FILE] [BENCH_QUANT] GGML_MATVEC
 #   -o FILE      also write the table to FILE, rewritten (atomically) after every type, so a run cut
@@ -74,19 +78,23 @@ def g(v):
     return f"{v / 1e9:.2f}" if v else "-"
 head = ["type"]
 for th in threads_list:
-    head += [f"ours {th}T (Gw/s)", f"llama.cpp plain {th}T", f"llama.cpp repack {th}T", f"ratio {th}T",
-             f"spread ours/llama {th}T"]
+    head += [f"ours {th}T (Gw/s)", f"ours interleaved {th}T", f"llama.cpp plain {th}T",
+             f"llama.cpp repack {th}T", f"ratio {th}T", f"ratio file layout {th}T", f"spread ours/llama {th}T"]
 print("| " + " | ".join(head) + " |")
-print("|---|" + "---:|---:|---:|---:|---:|" * len(threads_list))
+print("|---|" + "---:|---:|---:|---:|---:|---:|---:|" * len(threads_list))
 for t in types:
     if not any((t, int(th)) in ours for th in threads_list):
         continue
     cells = [t]
     for th in map(int, threads_list):
-        o, p, r = ours.get((t, th), []), llama.get((t, th, "plain"), []), llama.get((t, th, "repack"), [])
+        o, oi = ours.get((t, th), []), ours.get((t + "_interleaved", th), [])
+        p, r = llama.get((t, th, "plain"), []), llama.get((t, th, "repack"), [])
         ref = max(best(p) or 0, best(r) or 0)
-        cells += [g(best(o)), g(best(p)), g(best(r)), f"{best(o) / ref:.2f}" if o and ref else "-",
-                  f"{spread(o)} / {spread(r if best(r) and best(r) > (best(p) or 0) else p)}"]
+        top = max(best(o) or 0, best(oi) or 0)
+        cells += [g(best(o)), g(best(oi)), g(best(p)), g(best(r)), f"{top / ref:.2f}" if top and ref else "-",
+                  f"{best(o) / ref:.2f}" if o and ref else "-",
+                  f"{spread(oi if best(oi) and best(oi) > best(o) else o)} / "
+                  f"{spread(r if best(r) and best(r) > (best(p) or 0) else p)}"]
     print("| " + " | ".join(cells) + " |")
 PY
 }
@@ -101,7 +109,7 @@ for r in $(seq "${REPEATS:-3}"); do
       done
       sed "s/^$lt /$t /" "$work/llama.txt.new" >>"$work/llama.txt" && rm "$work/llama.txt.new"
       # one CSV row per repetition (the aggregates, named ..._mean and so on, left out)
-      "$bench" --benchmark_filter="^BM_matvec_$t/threads:$threads/" --benchmark_format=csv \
+      "$bench" --benchmark_filter="^BM_matvec_$t(_interleaved)?/threads:$threads/" --benchmark_format=csv \
         --benchmark_repetitions="$short" --benchmark_min_time="$seconds" 2>/dev/null |
         grep "^\"BM_matvec" | grep -v '_\(mean\|median\|stddev\|cv\)"' >>"$work/ours.csv" || true
     done

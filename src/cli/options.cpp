@@ -115,6 +115,9 @@ void add_engine_options(CLI::App& cmd, EngineArgs& args) {
       ->check(CLI::PositiveNumber);
   cmd.add_option("--batch", args.transformer.max_batch, "Prompt tokens per forward pass")
       ->check(CLI::PositiveNumber);
+  cmd.add_flag("!--no-repack", args.transformer.repack,
+               "Keep resident weights in the file's layout (by default the CPU kernels' layout is made at "
+               "load for Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and MXFP4, a copy of those matrices)");
   cmd.add_option("--moe-top-k", args.transformer.experts_per_tok,
                  "Routed experts per token (default: the model's; fewer trade quality for speed)")
       ->check(CLI::PositiveNumber);

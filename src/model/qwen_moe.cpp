@@ -54,6 +54,8 @@ Transformer::Transformer(const Model& model, Backend& backend, const Transformer
   top_k_ = options_.experts_per_tok > 0 ? options_.experts_per_tok : c.num_experts_per_tok;
   if (top_k_ > c.num_experts) fail("--moe-top-k {} exceeds the model's {} experts", top_k_, c.num_experts);
   FM_CHECK(options_.max_batch > 0 && options_.max_context > 0, "bad transformer options");
+  weights_ = &model_.weights;
+  if (options_.repack) prepare_resident_weights();
 
   const size_t n = size_t(options_.max_batch), H = size_t(c.hidden_size);
   const size_t q_rows = size_t(c.num_heads) * c.head_dim * (c.attn_output_gate ? 2 : 1);
@@ -100,6 +102,23 @@ Transformer::Transformer(const Model& model, Backend& backend, const Transformer
     k_new_.resize(n * size_t(c.num_kv_heads) * size_t(c.head_dim));
     v_new_.resize(k_new_.size());
   }
+}
+
+void Transformer::prepare_resident_weights() {
+  resident_weights_ = model_.weights;
+  const bool tied = resident_weights_.lm_head.data == resident_weights_.embed.data;
+  std::vector<std::byte> storage;
+  for_each_matrix(resident_weights_, [&](Mat& m, bool routed_expert) {
+    if (routed_expert && options_.stream_experts) return;  // read from the files into the store's buffers
+    m = be_.prepare_resident(m, storage);
+    if (!storage.empty()) resident_storage_.push_back(std::move(storage)), storage = {};
+  });
+  if (tied) resident_weights_.lm_head = resident_weights_.embed;
+  if (resident_storage_.empty()) {
+    resident_weights_ = {};
+    return;
+  }
+  weights_ = &resident_weights_;
 }
 
 SequenceState Transformer::new_sequence() const {
@@ -154,7 +173,7 @@ void Transformer::forward(SequenceState& state, std::span<const int32_t> tokens,
 void Transformer::forward_chunk(SequenceState& state, const int32_t* tokens, int n, float* logits,
                                 bool all_logits) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
+  const ModelWeights& w = weights();
   const int H = c.hidden_size;
   for (int t = 0; t < n; ++t) positions_[size_t(t)] = state.n_past + t;
   const double t_start = now_s();
@@ -176,7 +195,7 @@ void Transformer::forward_chunk(SequenceState& state, const int32_t* tokens, int
 
 void Transformer::run_layers(const int32_t* tokens, int n, const Rows& rows) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
+  const ModelWeights& w = weights();
   const int H = c.hidden_size;
   be_.embed(w.embed, tokens, n, x_.data());
   weight_bytes_read_ += uint64_t(n) * w.embed.row_bytes;
@@ -222,7 +241,7 @@ void Transformer::project_query(const AttentionWeights& a, int n, float* q) {
 
 void Transformer::attention_block(int layer, SequenceState& state, int n) {
   const ModelConfig& c = model_.config;
-  const AttentionWeights& a = model_.weights.layers[size_t(layer)].attn;
+  const AttentionWeights& a = weights().layers[size_t(layer)].attn;
   const int hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t q_dim = int64_t(nh) * hd, kv_dim = int64_t(nkv) * hd;
   float* k_rows = state.k_cache[size_t(layer)].data() + int64_t(state.n_past) * kv_dim;
@@ -250,7 +269,7 @@ void Transformer::attention_block(int layer, SequenceState& state, int n) {
 // V head with z, and the output projection.
 void Transformer::deltanet_block(int layer, SequenceState& state, int n) {
   const ModelConfig& c = model_.config;
-  const DeltaNetWeights& d = model_.weights.layers[size_t(layer)].linear;
+  const DeltaNetWeights& d = weights().layers[size_t(layer)].linear;
   const int conv_dim = c.linear_conv_dim();
   const int nv = c.linear_num_v_heads, dv = c.linear_v_head_dim;
 
@@ -284,7 +303,7 @@ void Transformer::ffn(const FfnWeights& w, const float* x, int n, int inter, flo
 // expert's weights are read once for all the tokens that use it.
 void Transformer::moe_block(int layer, int n, bool decode) {
   const ModelConfig& c = model_.config;
-  const MoeWeights& m = model_.weights.layers[size_t(layer)].moe;
+  const MoeWeights& m = weights().layers[size_t(layer)].moe;
   const int H = c.hidden_size, E = c.num_experts, k = top_k_;
 
   matmul(m.router, xn_.data(), n, router_.data());
@@ -391,9 +410,9 @@ void Transformer::routed_experts(int layer, int n, bool decode) {
 void Transformer::predict_next_layer(int layer, int n) {
   const ModelConfig& c = model_.config;
   int next = layer + 1;
-  while (next < c.num_layers && !model_.weights.layers[size_t(next)].is_moe) ++next;
+  while (next < c.num_layers && !weights().layers[size_t(next)].is_moe) ++next;
   if (next >= c.num_layers) return;
-  const LayerWeights& L = model_.weights.layers[size_t(next)];
+  const LayerWeights& L = weights().layers[size_t(next)];
   const int H = c.hidden_size, E = c.num_experts, k = top_k_;
   // x_ holds h = x + mixer(x) of this layer: the residual stream the next layer builds on.
   be_.rms_norm(x_.data(), L.post_norm.data(), n, H, c.rms_norm_eps, pred_xn_.data());
@@ -427,7 +446,7 @@ void Transformer::score(std::span<const int32_t> predicted, std::span<const int3
 
 void Transformer::shared_expert(int layer, int n) {
   const ModelConfig& c = model_.config;
-  const MoeWeights& m = model_.weights.layers[size_t(layer)].moe;
+  const MoeWeights& m = weights().layers[size_t(layer)].moe;
   const int H = c.hidden_size;
   if (m.has_shared) {
     ffn(m.shared, xn_.data(), n, c.shared_expert_intermediate_size, ffn_out_.data());

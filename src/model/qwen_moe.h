@@ -30,6 +30,10 @@ struct TransformerOptions {
   StreamOptions stream;
   bool predict_temporal = true;   // prefetch the experts each layer used for the previous token
   bool predict_lookahead = true;  // prefetch layer l+1's router applied to layer l's hidden state
+  // Resident weights (all but streamed experts) in the backend's own layout, copied at load
+  // (Backend::prepare_resident: the CPU backend interleaves the blocks-of-32 types); false keeps
+  // every matrix in the file's layout, in place.
+  bool repack = true;
 };
 
 // How well a predictor foresaw the experts a layer then used (decode steps only).
@@ -88,6 +92,10 @@ class Transformer {
   // for dumps and layer-by-layer comparisons with a reference. Empty by default.
   std::function<void(int layer, const float* x, int n)> layer_observer;
 
+  // The weights the passes compute with: the model's, or copies of some matrices in the backend's
+  // own layout (TransformerOptions::repack).
+  const ModelWeights& weights() const { return *weights_; }
+
   ExpertStore* expert_store() { return store_.get(); }
   const PredictorStats& temporal_stats() const { return temporal_stats_; }
   const PredictorStats& lookahead_stats() const { return lookahead_stats_; }
@@ -120,8 +128,13 @@ class Transformer {
   void predict_next_layer(int layer, int n);
   void score(std::span<const int32_t> predicted, std::span<const int32_t> used, PredictorStats& stats) const;
 
+  void prepare_resident_weights();
+
   const Model& model_;
   Backend& be_;
+  const ModelWeights* weights_ = nullptr;
+  ModelWeights resident_weights_;
+  std::vector<std::vector<std::byte>> resident_storage_;
   TransformerOptions options_;
   int top_k_ = 0;
   uint64_t weight_bytes_read_ = 0;

@@ -34,7 +34,7 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 void Transformer::decode_batch(std::span<SequenceState* const> states, std::span<const int32_t> tokens,
                                float* logits) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
+  const ModelWeights& w = weights();
   // Everything is checked before any state changes.
   if (states.size() != tokens.size())
     fail("decode_batch: {} sequences but {} tokens", states.size(), tokens.size());
@@ -87,7 +87,7 @@ void Transformer::decode_batch(std::span<SequenceState* const> states, std::span
 // attention per sequence over its cache, the gate and the output projection on all rows.
 void Transformer::attention_batch(int layer, std::span<SequenceState* const> states) {
   const ModelConfig& c = model_.config;
-  const AttentionWeights& a = model_.weights.layers[size_t(layer)].attn;
+  const AttentionWeights& a = weights().layers[size_t(layer)].attn;
   const int n = int(states.size());
   const int hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t q_dim = int64_t(nh) * hd, kv_dim = int64_t(nkv) * hd;
@@ -121,7 +121,7 @@ void Transformer::attention_batch(int layer, std::span<SequenceState* const> sta
 // delta rule per sequence on its own states, the gated norm and the output projection on all rows.
 void Transformer::deltanet_batch(int layer, std::span<SequenceState* const> states) {
   const ModelConfig& c = model_.config;
-  const DeltaNetWeights& d = model_.weights.layers[size_t(layer)].linear;
+  const DeltaNetWeights& d = weights().layers[size_t(layer)].linear;
   const int n = int(states.size());
   const int conv_dim = c.linear_conv_dim();
   const int nv = c.linear_num_v_heads, dv = c.linear_v_head_dim;

@@ -286,31 +286,45 @@ std::vector<FfnWeights> bind_experts(const Binder& b, int layer, int64_t E, int6
 
 }  // namespace
 
-void for_each_matrix(const ModelWeights& w, const std::function<void(const Mat&)>& fn) {
-  auto ffn = [&](const FfnWeights& f) {
-    fn(f.gate);
-    fn(f.up);
-    fn(f.down);
+namespace {
+
+// fn(mat, routed_expert) for every matrix of w (W: ModelWeights, const or not), each once.
+template <class W, class Fn>
+void visit_matrices(W& w, const Fn& fn) {
+  auto ffn = [&](auto& f, bool routed) {
+    fn(f.gate, routed);
+    fn(f.up, routed);
+    fn(f.down, routed);
   };
-  fn(w.embed);
-  if (w.lm_head.data != w.embed.data) fn(w.lm_head);
-  for (const LayerWeights& L : w.layers) {
+  fn(w.embed, false);
+  if (w.lm_head.data != w.embed.data) fn(w.lm_head, false);
+  for (auto& L : w.layers) {
     if (L.kind == LayerKind::FullAttention) {
-      for (const Mat* m : {&L.attn.q, &L.attn.k, &L.attn.v, &L.attn.o}) fn(*m);
+      for (auto* m : {&L.attn.q, &L.attn.k, &L.attn.v, &L.attn.o}) fn(*m, false);
     } else {
-      for (const Mat* m : {&L.linear.qkv, &L.linear.z, &L.linear.b, &L.linear.a, &L.linear.out}) fn(*m);
+      for (auto* m : {&L.linear.qkv, &L.linear.z, &L.linear.b, &L.linear.a, &L.linear.out}) fn(*m, false);
     }
     if (L.is_moe) {
-      fn(L.moe.router);
-      for (const FfnWeights& e : L.moe.experts) ffn(e);
+      fn(L.moe.router, false);
+      for (auto& e : L.moe.experts) ffn(e, true);
       if (L.moe.has_shared) {
-        ffn(L.moe.shared);
-        fn(L.moe.shared_gate);
+        ffn(L.moe.shared, false);
+        fn(L.moe.shared_gate, false);
       }
     } else {
-      ffn(L.mlp);
+      ffn(L.mlp, false);
     }
   }
+}
+
+}  // namespace
+
+void for_each_matrix(const ModelWeights& w, const std::function<void(const Mat&)>& fn) {
+  visit_matrices(w, [&](const Mat& m, bool) { fn(m); });
+}
+
+void for_each_matrix(ModelWeights& w, const std::function<void(Mat&, bool routed_expert)>& fn) {
+  visit_matrices(w, fn);
 }
 
 ModelWeights bind_weights(const ModelConfig& c, const TensorSource& tensors, WeightLayout layout) {

@@ -71,6 +71,9 @@ struct ModelWeights {
 
 // Calls fn(mat) for every matrix of the model (experts included), each once.
 void for_each_matrix(const ModelWeights& w, const std::function<void(const Mat&)>& fn);
+// The same, to change them (routed_expert: one of a layer's routed experts). A tied LM head is the
+// embedding's matrix: visited once, as the embedding.
+void for_each_matrix(ModelWeights& w, const std::function<void(Mat&, bool routed_expert)>& fn);
 
 // How a checkpoint format names the weights and what it has already folded into them.
 enum class WeightLayout {

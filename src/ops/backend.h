@@ -2,7 +2,9 @@
 // touches SIMD, threads or devices; each backend (CPU now, CUDA later) implements all of them.
 // Activations are float32, row-major, one row per token. Pointers are the backend's memory.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "ops/mat.h"
 
@@ -31,6 +33,14 @@ struct DeltaNetShape {
 class Backend {
  public:
   virtual ~Backend() = default;
+
+  // A weight matrix that stays resident for the model's life (not a streamed expert), in the layout
+  // this backend computes fastest with: w itself, or a copy made in `storage`, which the caller keeps
+  // as long as it uses the result. Called once per matrix at load.
+  virtual Mat prepare_resident(const Mat& w, std::vector<std::byte>& storage) {
+    (void)storage;
+    return w;
+  }
 
   // y[t][r] = sum_c w[r][c] * x[t][c] for t < n; x is [n][w.cols], y is [n][w.rows].
   virtual void matmul(const Mat& w, const float* x, int n, float* y) = 0;

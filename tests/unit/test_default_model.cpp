@@ -12,14 +12,18 @@
 // (llama.cpp: 102.9); a unigram model of the training text scores 870 on the held-out part
 // (docs/default_model.md). Bound: below 120.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "convert/convert.h"
 #include "eval/perplexity.h"
 #include "model/model.h"
 #include "model/qwen_moe.h"
@@ -78,6 +82,43 @@ TEST(DefaultModel, MatchesTransformersWithinQ8Tolerance) {
   EXPECT_LE(kl_mean, 0.01);
   EXPECT_LE(kl_max, 0.5);
   EXPECT_GE(top1, 115);
+}
+
+// Resident Q4_0 matrices (the default model requantized) are interleaved at load by default
+// (CpuBackend::prepare_resident): prefill and decode give the same bits as with the file's layout
+// (--no-repack). Q8_0 ones stay as stored.
+TEST(DefaultModel, RepackedWeightsGiveTheSameBits) {
+  namespace fs = std::filesystem;
+  const fs::path q4 = fs::temp_directory_path() / ("fm_repack_" + std::to_string(::getpid()) + ".gguf");
+  convert_to_gguf(kDefault, q4, ConvertOptions{.type = DType::Q4_0, .expert_type = {}, .rules = {}, .threads = 2});
+  const auto model = Model::load(q4);
+  fs::remove(q4);  // the mapping stays valid
+  CpuBackend backend(2);
+  std::vector<std::byte> storage;
+  const Mat& down = model->weights.layers[0].moe.shared.down;
+  ASSERT_EQ(down.dtype, DType::Q4_0);
+  EXPECT_TRUE(backend.prepare_resident(down, storage).interleaved);
+  const auto q8 = Model::load(kDefault);
+  EXPECT_FALSE(backend.prepare_resident(q8->weights.layers[0].moe.shared.down, storage).interleaved);
+
+  const std::vector<int32_t> prompt = {1, 17, 230, 4, 99, 3, 12, 801, 5, 6, 7};
+  const int V = model->config.vocab_size;
+  std::vector<std::vector<float>> runs;
+  for (bool repack : {true, false}) {
+    Transformer t(*model, backend, TransformerOptions{.max_context = 64, .max_batch = 8, .repack = repack});
+    EXPECT_EQ(t.weights().layers[0].moe.shared.down.interleaved, repack);
+    EXPECT_EQ(t.weights().lm_head.interleaved, repack);
+    SequenceState s = t.new_sequence();
+    std::vector<float> logits(prompt.size() * size_t(V)), last(static_cast<size_t>(V));
+    t.forward(s, prompt, logits.data(), true);  // 11 tokens: a chunk of 8, then 3
+    for (int32_t id : {42, 43, 44}) {
+      t.forward(s, std::vector<int32_t>{id}, last.data(), false);
+      logits.insert(logits.end(), last.begin(), last.end());
+    }
+    runs.push_back(std::move(logits));
+  }
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  EXPECT_EQ(std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)), 0);
 }
 
 TEST(DefaultModel, HeldOutPerplexityBelowBound) {

@@ -248,6 +248,56 @@ TEST_P(MatmulQuantTest, VectorKernelsAgreeWithScalar) {
   }
 }
 
+// Rows interleaved by eight (interleave_rows8, what the CPU backend does to resident weights at load)
+// give the same bits as the stored layout on every kernel, for every tile size and a tail of rows
+// past the last group; their rows read back as the stored ones.
+TEST_P(MatmulQuantTest, InterleavedRowsGiveTheSameBits) {
+  const DType t = GetParam();
+  if (!can_interleave_rows8(t)) {
+    EXPECT_EQ(dtype_info(t).block, 256) << dtype_name(t) << ": every block-of-32 type interleaves";
+    return;
+  }
+  const int64_t cols = 8 * 32;
+  const QuantMat m = make_quant_mat(t, 8 * 5 + 3, cols, 21);
+  std::vector<std::byte> bytes(size_t(m.mat.nbytes()) + 1);
+  const Mat packed = interleave_rows8(m.mat, bytes.data() + 1);  // any alignment, as mapped data
+  ASSERT_TRUE(packed.interleaved);
+  std::vector<float> a(static_cast<size_t>(cols)), b(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < m.mat.rows; ++r) {
+    dequantize_mat_row(m.mat, r, a.data());
+    dequantize_mat_row(packed, r, b.data());
+    ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << dtype_name(t) << " row " << r;
+  }
+  const std::vector<float> x = random_tokens(cpu::detail::kMaxTileTokens, cols, 9);
+  std::vector<std::pair<const char*, cpu::detail::QuantKernel>> kernels = {
+      {"scalar", cpu::detail::scalar_quant_kernel(t)}};
+  if (cpu::have_avx2()) {
+    kernels.emplace_back("avx2", cpu::detail::avx2_quant_kernel(t));
+    kernels.emplace_back("avx512 emulated", cpu::detail::emulated_avx512_quant_kernel(t));
+    if (cpu::detail::have_avx512_vnni()) kernels.emplace_back("avx512", cpu::detail::avx512_quant_kernel(t));
+  }
+  for (const auto& [isa, kernel] : kernels)
+    for (int n = 1; n <= cpu::detail::kMaxTileTokens; ++n) {
+      const std::vector<float> ys = run_kernel(kernel, m.mat, x, n), yp = run_kernel(kernel, packed, x, n);
+      ASSERT_EQ(std::memcmp(ys.data(), yp.data(), ys.size() * sizeof(float)), 0)
+          << dtype_name(t) << " " << isa << " n=" << n;
+    }
+  // And through matmul, threaded (row shares start at multiples of 16).
+  ThreadPool pool(3);
+  const QuantMat big = make_quant_mat(t, 16 * 9 + 5, cols, 4);
+  std::vector<std::byte> big_bytes(size_t(big.mat.nbytes()));
+  const Mat big_packed = interleave_rows8(big.mat, big_bytes.data());
+  for_each_isa([&] {
+    for (int n : {1, 3, 9}) {
+      const std::vector<float> xs = random_tokens(n, cols, uint32_t(n));
+      const std::vector<float> ys = run_matmul(big.mat, xs, n, pool),
+                               yp = run_matmul(big_packed, xs, n, pool);
+      ASSERT_EQ(std::memcmp(ys.data(), yp.data(), ys.size() * sizeof(float)), 0)
+          << dtype_name(t) << " isa=" << cpu::matmul_isa() << " n=" << n;
+    }
+  });
+}
+
 // Activation quantization is what bounds the error: with exactly representable activations (every
 // block a multiple of its max / 127) the kernels give the float dot product to rounding.
 TEST_P(MatmulQuantTest, ExactOnGridActivations) {

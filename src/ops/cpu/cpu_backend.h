@@ -12,6 +12,10 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int n_threads) : pool_(n_threads) {}
   ThreadPool& pool() { return pool_; }
 
+  // Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4; not Q8_0): rows interleaved by eight
+  // (interleave_rows8), which the eight-row kernels read with plain loads instead of gathers and a
+  // transposition; llama.cpp's CPU backend repacks these types at load the same way.
+  Mat prepare_resident(const Mat& w, std::vector<std::byte>& storage) override;
   void matmul(const Mat& w, const float* x, int n, float* y) override;
   void embed(const Mat& table, const int32_t* ids, int n, float* out) override;
   void rms_norm(const float* x, const float* w, int n_rows, int dim, float eps, float* y) override;

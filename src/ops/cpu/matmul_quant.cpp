@@ -20,11 +20,12 @@ void scalar_quant_tile(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq
   using Act = ActBlockFor<kBlock>;
   const int64_t n_blocks = w.cols / kBlock;
   IntBlock<kBlock, kSub> blk;
+  std::byte scratch[kBlockBytes];  // a block of interleaved rows (Mat::interleaved), gathered
   for (int64_t r = r0; r < r1; ++r) {
     const std::byte* row = w.data + uint64_t(r) * w.row_bytes;
     float acc[kMaxTileTokens] = {};
     for (int64_t b = 0; b < n_blocks; ++b) {
-      IntCodec<Q>::decode(row + uint64_t(b) * kBlockBytes, blk);
+      IntCodec<Q>::decode(w.interleaved ? mat_block(w, r, b, scratch) : row + uint64_t(b) * kBlockBytes, blk);
       for (int t = 0; t < n_tokens; ++t) {
         const Act& a = reinterpret_cast<const Act*>(xq + uint64_t(t) * xq_row_bytes)[b];
         int32_t isum = 0, msum = 0;
