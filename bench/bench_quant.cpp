@@ -198,6 +198,22 @@ FM_QUANT_BENCH(IQ3_XXS);
 FM_QUANT_BENCH(IQ3_S);
 FM_QUANT_BENCH(IQ4_XS);
 
+// interleave_rows8 itself, one thread: the load-time cost of the interleaved layout (bytes/s).
+template <class Q>
+void BM_interleave(benchmark::State& state) {
+  const uint64_t row_bytes = uint64_t(kCols / Q::kBlock) * sizeof(typename Q::Block);
+  const std::vector<std::byte> weights = random_weights<Q>(kRows * kCols / Q::kBlock);
+  const fm::Mat w{Q::kType, kRows, kCols, weights.data(), row_bytes};
+  std::vector<std::byte> packed(weights.size());
+  for (auto _ : state) {
+    fm::interleave_rows8(w, packed.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(int64_t(state.iterations() * w.nbytes()));
+}
+BENCHMARK_TEMPLATE(BM_interleave, fm::quant::IQ4_NL)->Name("BM_interleave_IQ4_NL")->UseRealTime();
+BENCHMARK_TEMPLATE(BM_interleave, fm::quant::Q5_1)->Name("BM_interleave_Q5_1")->UseRealTime();
+
 // The pool's spin before a worker sleeps, side by side: the default against milliseconds (as
 // OpenMP's threads spin), on a compute-bound and a memory-bound format.
 #define FM_SPIN_BENCH(T)                                                           \

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "util/error.h"
+#include "util/mapped_file.h"
 
 namespace fm {
 
@@ -110,8 +111,16 @@ void Transformer::prepare_resident_weights() {
   std::vector<std::byte> storage;
   for_each_matrix(resident_weights_, [&](Mat& m, bool routed_expert) {
     if (routed_expert && options_.stream_experts) return;  // read from the files into the store's buffers
+    const Mat stored = m;
     m = be_.prepare_resident(m, storage);
-    if (!storage.empty()) resident_storage_.push_back(std::move(storage)), storage = {};
+    if (storage.empty()) return;
+    resident_storage_.push_back(std::move(storage));
+    storage = {};
+    // The mapped pages the copy was made from would otherwise count twice in the resident set.
+    std::string path;
+    uint64_t offset = 0;
+    if (model_.tensors && model_.tensors->locate(stored.data, &path, &offset))
+      drop_mapped_pages(stored.data, stored.nbytes());
   });
   if (tied) resident_weights_.lm_head = resident_weights_.embed;
   if (resident_storage_.empty()) {

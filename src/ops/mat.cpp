@@ -38,13 +38,10 @@ std::span<const uint8_t> block_fields(DType dtype) {
   }
 }
 
-// Where the fields of block b of row i (of an eight-row group at `group`) lie: fn(slot, at, size)
-// for each field, `at` its offset in the stored block and `slot` its place in the group.
+// Where the fields of row i's block lie in its group's interleaved block (`packed`, 8 * block bytes):
+// fn(slot, at, size) for each field, `at` its offset in the stored block and `slot` its place.
 template <class Fn>
-void for_each_field(std::span<const uint8_t> fields, std::byte* group, int64_t b, int i, const Fn& fn) {
-  uint64_t block_bytes = 0;
-  for (uint8_t f : fields) block_bytes += f;
-  std::byte* packed = group + 8 * block_bytes * uint64_t(b);
+void for_each_field(std::span<const uint8_t> fields, std::byte* packed, int i, const Fn& fn) {
   uint64_t at = 0;
   for (uint8_t f : fields) {
     fn(packed + 8 * at + uint64_t(i) * f, at, f);
@@ -78,16 +75,26 @@ Mat interleave_rows8(const Mat& w, std::byte* out) {
   const int64_t n_blocks = w.cols / 32;
   FM_CHECK(w.cols % 32 == 0 && w.row_bytes == uint64_t(n_blocks) * block_bytes,
            "interleave_rows8: rows of {} values in {} bytes", w.cols, w.row_bytes);
+  // Every format's fields end in a run of 4-byte ones (values, and Q5's high bits): those go as words.
+  size_t n_head = 0;
+  uint64_t head = 0;
+  while (fields[n_head] != 4) head += fields[n_head++];
+  const uint64_t n_words = (block_bytes - head) / 4;
   const int64_t grouped = w.rows / 8 * 8;
   for (int64_t r = 0; r < grouped; r += 8) {  // the group's output in order, its 8 rows read side by side
+    const std::byte* rows = w.data + uint64_t(r) * w.row_bytes;
     std::byte* group = out + uint64_t(r) * w.row_bytes;
-    for (int64_t b = 0; b < n_blocks; ++b)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      std::byte* packed = group + 8 * block_bytes * uint64_t(b);
       for (int i = 0; i < 8; ++i) {
-        const std::byte* block = w.data + uint64_t(r + i) * w.row_bytes + uint64_t(b) * block_bytes;
-        for_each_field(fields, group, b, i, [&](std::byte* slot, uint64_t at, uint8_t size) {
+        const std::byte* block = rows + uint64_t(i) * w.row_bytes + uint64_t(b) * block_bytes;
+        for_each_field(fields.first(n_head), packed, i, [&](std::byte* slot, uint64_t at, uint8_t size) {
           copy_field(slot, block + at, size);
         });
+        for (uint64_t k = 0; k < n_words; ++k)
+          std::memcpy(packed + 8 * head + 32 * k + 4 * uint64_t(i), block + head + 4 * k, 4);
       }
+    }
   }
   std::memcpy(out + uint64_t(grouped) * w.row_bytes, w.data + uint64_t(grouped) * w.row_bytes,
               uint64_t(w.rows - grouped) * w.row_bytes);
@@ -102,8 +109,9 @@ const std::byte* mat_block(const Mat& m, int64_t r, int64_t b, std::byte* scratc
   if (!m.interleaved || r >= m.rows / 8 * 8)
     return m.data + uint64_t(r) * m.row_bytes + uint64_t(b) * block_bytes;
   // The group is only read: for_each_field hands out non-const slots for interleave_rows8's sake.
-  std::byte* group = const_cast<std::byte*>(m.data + uint64_t(r / 8 * 8) * m.row_bytes);
-  for_each_field(block_fields(m.dtype), group, b, int(r % 8),
+  std::byte* packed =
+      const_cast<std::byte*>(m.data + uint64_t(r / 8 * 8) * m.row_bytes) + 8 * block_bytes * uint64_t(b);
+  for_each_field(block_fields(m.dtype), packed, int(r % 8),
                  [&](std::byte* slot, uint64_t at, uint8_t size) { copy_field(scratch + at, slot, size); });
   return scratch;
 }

@@ -30,4 +30,9 @@ class MappedFile {
   std::string path_;
 };
 
+// The whole pages of [p, p + n), which lie in a read-only file mapping, leave the process's resident
+// set: they stay in the page cache (reclaimable), and reading them again maps them back in. For
+// mapped weights the process has made its own copy of.
+void drop_mapped_pages(const std::byte* p, uint64_t n);
+
 }  // namespace fm
