@@ -35,7 +35,7 @@ std::vector<std::string> split_list(const std::string& text) {
 // The options a configuration file may set: those add_engine_options adds, by their long names.
 constexpr const char* kConfigKeys[] = {"model",      "threads",      "ctx",        "batch",     "moe-top-k",
                                        "stream",     "mem-budget",   "expert-cache", "io-threads", "io-split",
-                                       "direct-io",  "io-backend",   "cache-policy", "predict"};
+                                       "direct-io",  "io-backend",   "cache-policy", "predict",  "no-repack"};
 
 // Gives each option of the file that the command line left unset the file's value, through the
 // option's own parsing and checks.
@@ -115,9 +115,12 @@ void add_engine_options(CLI::App& cmd, EngineArgs& args) {
       ->check(CLI::PositiveNumber);
   cmd.add_option("--batch", args.transformer.max_batch, "Prompt tokens per forward pass")
       ->check(CLI::PositiveNumber);
-  cmd.add_flag("!--no-repack", args.transformer.repack,
-               "Keep resident weights in the file's layout (by default the CPU kernels' layout is made at "
-               "load for Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and MXFP4, a copy of those matrices)");
+  // A flag function rather than a "!" flag, so that a configuration file's `no-repack = true` means
+  // what it says (apply_config_file hands the value to the option as given).
+  cmd.add_flag_function(
+      "--no-repack", [&args](int64_t given) { args.transformer.repack = given <= 0; },
+      "Keep resident weights in the file's layout (by default the CPU kernels' layout is made at load for "
+      "Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and MXFP4, a copy of those matrices)");
   cmd.add_option("--moe-top-k", args.transformer.experts_per_tok,
                  "Routed experts per token (default: the model's; fewer trade quality for speed)")
       ->check(CLI::PositiveNumber);

@@ -229,6 +229,10 @@ TEST(TuneConfig, CommandLineOverridesFile) {
   expect_cli_error("mem-budget = lots\n", {":1:", "--mem-budget", "'lots'"});
   expect_cli_error("io-backend = floppy\n", {":1:", "io-backend = floppy"});
   expect_cli_error("threads\n", {":1:", "key = value"});
+  // A flag as a key (the value says whether it is given).
+  spit(conf, "no-repack = true\n");
+  r = cli(dir, run);
+  EXPECT_EQ(r.status, 0) << r.err;
   // The command line wins: the file's value of an option given there is not even checked.
   spit(conf, "io-threads = 0\n");
   r = cli(dir, run + " --io-threads 2");
