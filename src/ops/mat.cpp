@@ -11,46 +11,44 @@ namespace fm {
 
 namespace {
 
-// The fields of a block of 32 as interleave_rows8 cuts it: their sizes in bytes, in order.
-std::span<const uint8_t> block_fields(DType dtype) {
-  static constexpr uint8_t kQ4_0[] = {2, 4, 4, 4, 4};              // d, qs
-  static constexpr uint8_t kQ4_1[] = {2, 2, 4, 4, 4, 4};           // d, m, qs
-  static constexpr uint8_t kQ5_0[] = {2, 4, 4, 4, 4, 4};           // d, qh, qs
-  static constexpr uint8_t kQ5_1[] = {2, 2, 4, 4, 4, 4, 4};        // d, m, qh, qs
-  static constexpr uint8_t kQ8_0[] = {2, 4, 4, 4, 4, 4, 4, 4, 4};  // d, qs
-  static constexpr uint8_t kMxfp4[] = {1, 4, 4, 4, 4};             // e, qs
+// How interleave_rows8 cuts a block of 32: its leading fields (the f16 scale and min, or the byte
+// exponent), sizes in bytes; the rest of the block (Q5's high bits, the values) goes as 4-byte words.
+std::span<const uint8_t> block_head(DType dtype) {
+  static constexpr uint8_t kScale[] = {2};        // d
+  static constexpr uint8_t kScaleMin[] = {2, 2};  // d, m
+  static constexpr uint8_t kExponent[] = {1};     // e
   switch (dtype) {
     case DType::Q4_0:
-    case DType::IQ4_NL:
-      return kQ4_0;
-    case DType::Q4_1:
-      return kQ4_1;
     case DType::Q5_0:
-      return kQ5_0;
-    case DType::Q5_1:
-      return kQ5_1;
     case DType::Q8_0:
-      return kQ8_0;
+    case DType::IQ4_NL:
+      return kScale;
+    case DType::Q4_1:
+    case DType::Q5_1:
+      return kScaleMin;
     case DType::MXFP4:
-      return kMxfp4;
+      return kExponent;
     default:
       return {};
   }
 }
 
-// Where the fields of row i's block lie in its group's interleaved block (`packed`, 8 * block bytes):
-// fn(slot, at, size) for each field, `at` its offset in the stored block and `slot` its place.
-template <class Fn>
-void for_each_field(std::span<const uint8_t> fields, std::byte* packed, int i, const Fn& fn) {
+// Where the pieces of row i's block lie in its group's interleaved block (`packed`, 8 * block
+// bytes): fn(slot, at, size) for each leading field, then each word, `at` its offset in the stored
+// block and `slot` its place. (P: std::byte or const std::byte.)
+template <class P, class Fn>
+void for_each_piece(DType dtype, P* packed, int i, const Fn& fn) {
   uint64_t at = 0;
-  for (uint8_t f : fields) {
+  for (uint8_t f : block_head(dtype)) {
     fn(packed + 8 * at + uint64_t(i) * f, at, f);
     at += f;
   }
+  for (const uint64_t end = uint64_t(dtype_info(dtype).block_bytes); at < end; at += 4)
+    fn(packed + 8 * at + uint64_t(i) * 4, at, uint8_t{4});
 }
 
-// memcpy of a field: 1, 2 or 4 bytes, as fixed-size moves.
-inline void copy_field(std::byte* to, const std::byte* from, uint8_t size) {
+// memcpy of a piece: 1, 2 or 4 bytes, as fixed-size moves.
+inline void copy_piece(std::byte* to, const std::byte* from, uint8_t size) {
   switch (size) {
     case 1:
       *to = *from;
@@ -65,36 +63,26 @@ inline void copy_field(std::byte* to, const std::byte* from, uint8_t size) {
 
 }  // namespace
 
-bool can_interleave_rows8(DType dtype) { return !block_fields(dtype).empty(); }
+bool can_interleave_rows8(DType dtype) { return !block_head(dtype).empty(); }
 
 Mat interleave_rows8(const Mat& w, std::byte* out) {
   FM_CHECK(can_interleave_rows8(w.dtype) && !w.interleaved, "interleave_rows8 of a {} matrix",
            dtype_name(w.dtype));
-  const std::span<const uint8_t> fields = block_fields(w.dtype);
   const uint64_t block_bytes = dtype_info(w.dtype).block_bytes;
   const int64_t n_blocks = w.cols / 32;
   FM_CHECK(w.cols % 32 == 0 && w.row_bytes == uint64_t(n_blocks) * block_bytes,
            "interleave_rows8: rows of {} values in {} bytes", w.cols, w.row_bytes);
-  // Every format's fields end in a run of 4-byte ones (values, and Q5's high bits): those go as words.
-  size_t n_head = 0;
-  uint64_t head = 0;
-  while (fields[n_head] != 4) head += fields[n_head++];
-  const uint64_t n_words = (block_bytes - head) / 4;
   const int64_t grouped = w.rows / 8 * 8;
   for (int64_t r = 0; r < grouped; r += 8) {  // the group's output in order, its 8 rows read side by side
     const std::byte* rows = w.data + uint64_t(r) * w.row_bytes;
     std::byte* group = out + uint64_t(r) * w.row_bytes;
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      std::byte* packed = group + 8 * block_bytes * uint64_t(b);
+    for (int64_t b = 0; b < n_blocks; ++b)
       for (int i = 0; i < 8; ++i) {
         const std::byte* block = rows + uint64_t(i) * w.row_bytes + uint64_t(b) * block_bytes;
-        for_each_field(fields.first(n_head), packed, i, [&](std::byte* slot, uint64_t at, uint8_t size) {
-          copy_field(slot, block + at, size);
-        });
-        for (uint64_t k = 0; k < n_words; ++k)
-          std::memcpy(packed + 8 * head + 32 * k + 4 * uint64_t(i), block + head + 4 * k, 4);
+        for_each_piece(
+            w.dtype, group + 8 * block_bytes * uint64_t(b), i,
+            [&](std::byte* slot, uint64_t at, uint8_t size) { copy_piece(slot, block + at, size); });
       }
-    }
   }
   std::memcpy(out + uint64_t(grouped) * w.row_bytes, w.data + uint64_t(grouped) * w.row_bytes,
               uint64_t(w.rows - grouped) * w.row_bytes);
@@ -108,11 +96,10 @@ const std::byte* mat_block(const Mat& m, int64_t r, int64_t b, std::byte* scratc
   const uint64_t block_bytes = dtype_info(m.dtype).block_bytes;
   if (!m.interleaved || r >= m.rows / 8 * 8)
     return m.data + uint64_t(r) * m.row_bytes + uint64_t(b) * block_bytes;
-  // The group is only read: for_each_field hands out non-const slots for interleave_rows8's sake.
-  std::byte* packed =
-      const_cast<std::byte*>(m.data + uint64_t(r / 8 * 8) * m.row_bytes) + 8 * block_bytes * uint64_t(b);
-  for_each_field(block_fields(m.dtype), packed, int(r % 8),
-                 [&](std::byte* slot, uint64_t at, uint8_t size) { copy_field(scratch + at, slot, size); });
+  const std::byte* packed = m.data + uint64_t(r / 8 * 8) * m.row_bytes + 8 * block_bytes * uint64_t(b);
+  for_each_piece(m.dtype, packed, int(r % 8), [&](const std::byte* slot, uint64_t at, uint8_t size) {
+    copy_piece(scratch + at, slot, size);
+  });
   return scratch;
 }
 
@@ -120,7 +107,7 @@ void dequantize_mat_row(const Mat& m, int64_t r, float* out) {
   FM_CHECK(r >= 0 && r < m.rows, "row {} of a matrix of {} rows", r, m.rows);
   if (m.interleaved) {
     const DTypeInfo& info = dtype_info(m.dtype);
-    std::byte block[64];
+    std::byte block[64];  // the largest block of 32 is Q8_0's 34 bytes
     for (int64_t b = 0; b < m.cols / info.block; ++b)
       dequantize_row(m.dtype, mat_block(m, r, b, block), info.block, out + b * info.block);
     return;
