@@ -57,7 +57,6 @@ using quant::tables::kGridIq2xs;
 using quant::tables::kGridIq2xxs;
 using quant::tables::kGridIq3s;
 using quant::tables::kGridIq3xxs;
-using quant::tables::kSignsIq2xs;
 
 inline uint64_t load_u64(const uint8_t* p) {
   uint64_t v;
@@ -148,29 +147,14 @@ FM_SIMD inline __m256i apply_signs(__m256i x, uint32_t bits) {
 // Activation bytes x times the signs (-1 or 1; 0 gives 0) of the bytes of `signs`.
 FM_SIMD inline __m256i apply_signs(__m256i x, __m256i signs) { return _mm256_sign_epi8(x, signs); }
 
-// The signs of four groups of 8 values, given as 7-bit indices into ksigns_iq2xs. AVX-512: as the
-// bits of a mask; AVX2: as bytes of -1 or 1 (kSignBytes) for _mm256_sign_epi8.
-#if FM_QUANT_AVX512
-FM_SIMD inline uint32_t signs4(uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
-  return uint32_t(kSignsIq2xs[i0]) | uint32_t(kSignsIq2xs[i1]) << 8 | uint32_t(kSignsIq2xs[i2]) << 16 |
-         uint32_t(kSignsIq2xs[i3]) << 24;
+// The sign byte ksigns_iq2xs[k] of each byte k < 128: k with the parity of its 7 bits as bit 7 (that
+// of (k ^ k >> 4) & 15, looked up in a 16-entry table).
+FM_SIMD inline __m256i sign_bytes(__m256i k) {
+  const __m256i parity = _mm256_broadcastsi128_si256(
+      _mm_setr_epi8(0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0));
+  const __m256i fold = _mm256_and_si256(_mm256_xor_si256(k, _mm256_srli_epi16(k, 4)), _mm256_set1_epi8(0xF));
+  return _mm256_or_si256(k, _mm256_shuffle_epi8(parity, fold));
 }
-#else
-// kSignBytes.v[k]: 8 bytes, 0xFF (-1) where bit i of ksigns_iq2xs[k] is set, else 0x01.
-struct SignBytes {
-  uint64_t v[128];
-  constexpr SignBytes() : v() {
-    for (int k = 0; k < 128; ++k)
-      for (int i = 0; i < 8; ++i) v[k] |= uint64_t((kSignsIq2xs[k] >> i) & 1 ? 0xFF : 0x01) << (8 * i);
-  }
-};
-inline constexpr SignBytes kSignBytes;
-
-FM_SIMD inline __m256i signs4(uint32_t i0, uint32_t i1, uint32_t i2, uint32_t i3) {
-  return _mm256_set_epi64x(int64_t(kSignBytes.v[i3]), int64_t(kSignBytes.v[i2]), int64_t(kSignBytes.v[i1]),
-                           int64_t(kSignBytes.v[i0]));
-}
-#endif
 
 // ---- scale shuffles ------------------------------------------------------------------------------
 
@@ -710,19 +694,51 @@ FM_SIMD inline __m256i iq2_scales(const uint8_t* s) {
   return _mm256_add_epi16(_mm256_slli_epi16(n, 1), _mm256_set1_epi16(1));
 }
 
+// IQ2_XXS and IQ3_XXS keep a 32-bit word per chunk: four 7-bit indices k into ksigns_iq2xs (the
+// sign bits of four groups of 8; the entry is k with the parity of its bits as bit 7) and the
+// four-bit scale s in bits 28-31. XxsState decodes the 8 words of a block at once, in vectors: the
+// sign bits of chunk ib in signs[ib], the scales as 2s + 1 in 8 int16 (both lanes). Per chunk
+// they had been four table loads and a scalar scale (on AVX2 sign bytes for vpsign from a table of
+// 128 x 8): one core of the AMD EPYC VM, 4096 x 14336, best of 5 short timings in 4 rounds, G
+// weights/s, IQ2_XXS 14.6-14.9 against 12.8-13.8, IQ3_XXS 10.8-11.4 against 9.7-9.8 (two cores
+// 29.2 / 24.5 and 21.9 / 18.2).
+struct XxsState {
+  __m256i scales;
+  alignas(32) uint32_t signs[8];
+};
+
+FM_SIMD inline XxsState xxs_state(__m256i aux) {
+  XxsState st;
+  const __m256i m7 = _mm256_set1_epi32(0x7F);
+  // Index j of each word to byte j.
+  __m256i k = _mm256_and_si256(aux, m7);
+  k = _mm256_or_si256(k, _mm256_and_si256(_mm256_slli_epi32(aux, 1), _mm256_slli_epi32(m7, 8)));
+  k = _mm256_or_si256(k, _mm256_and_si256(_mm256_slli_epi32(aux, 2), _mm256_slli_epi32(m7, 16)));
+  k = _mm256_or_si256(k, _mm256_and_si256(_mm256_slli_epi32(aux, 3), _mm256_slli_epi32(m7, 24)));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(st.signs), sign_bytes(k));
+  const __m256i s = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(aux, 28), 1), _mm256_set1_epi32(1));
+  st.scales = _mm256_broadcastsi128_si256(_mm_packs_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1)));
+  return st;
+}
+
 template <>
-struct GridCodec<quant::IQ2_XXS> : GridBase<quant::IQ2_XXS::Block, 0.125f> {
+struct GridCodec<quant::IQ2_XXS> {
+  using Block = quant::IQ2_XXS::Block;
+  // The words are bytes 8ib + 4 of qs: the odd dwords of its two halves.
+  FM_BLOCK static XxsState prepare(const Block& blk) {
+    const __m256 a = _mm256_castsi256_ps(loadu(blk.qs)), b = _mm256_castsi256_ps(loadu(blk.qs + 32));
+    // Chunks 0 1 4 5 | 2 3 6 7, then in order.
+    const __m256i odd = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    return xxs_state(_mm256_permute4x64_epi64(odd, _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
   template <class F>
-  FM_BLOCK static void chunk(const Block& blk, NoState, int ib, F&& f) {
+  FM_BLOCK static void chunk(const Block& blk, const XxsState& st, int ib, F&& f) {
     const uint8_t* idx = blk.qs + 8 * ib;
-    const uint32_t aux = load_u32(idx + 4);
-    f(grid8x4(kGridIq2xxs, idx[0], idx[1], idx[2], idx[3]),
-      signs4(aux & 127, (aux >> 7) & 127, (aux >> 14) & 127, (aux >> 21) & 127),
-      _mm256_set1_epi16(int16_t(2 * (aux >> 28) + 1)));
+    f(grid8x4(kGridIq2xxs, idx[0], idx[1], idx[2], idx[3]), st.signs[ib], broadcast16(st.scales, ib));
   }
 };
 
-#if FM_QUANT_AVX512
 template <>
 struct GridCodec<quant::IQ2_XS> {
   using Block = quant::IQ2_XS::Block;
@@ -730,21 +746,17 @@ struct GridCodec<quant::IQ2_XS> {
     __m256i scales;     // iq2_scales
     uint32_t signs[8];  // sign bits of chunk ib
   };
-  // The sign byte of a value q is ksigns_iq2xs[q >> 9] = k | parity(k) << 7 with k = q >> 9: the
-  // parity of k's 7 bits is that of (k ^ k >> 4) & 15, looked up in a 16-entry table.
+  // The sign byte of a value q is ksigns_iq2xs[q >> 9], for the whole block in vectors. (On AVX2,
+  // one core of the AMD EPYC VM, 4096 x 14336, best of 5 short timings in 4 rounds, G weights/s:
+  // 14.2-15.5 against 13.1-13.6 with sign bytes for vpsign from a table of 128 x 8 per group of 8;
+  // two cores 31.0 / 26.2.)
   FM_BLOCK static State prepare(const Block& blk) {
     State st;
     st.scales = iq2_scales(blk.scales);
-    const __m256i parity = _mm256_broadcastsi128_si256(
-        _mm_setr_epi8(0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0));
     for (int h = 0; h < 2; ++h) {
-      const __m256i k = _mm256_srli_epi16(loadu(blk.qs + 16 * h), 9);
-      const __m256i fold =
-          _mm256_and_si256(_mm256_xor_si256(k, _mm256_srli_epi16(k, 4)), _mm256_set1_epi16(0xF));
-      const __m256i sign_bytes = _mm256_or_si256(k, _mm256_shuffle_epi8(parity, fold));
-      _mm_storeu_si128(
-          reinterpret_cast<__m128i*>(st.signs + 4 * h),
-          _mm_packus_epi16(_mm256_castsi256_si128(sign_bytes), _mm256_extracti128_si256(sign_bytes, 1)));
+      const __m256i signs = sign_bytes(_mm256_srli_epi16(loadu(blk.qs + 16 * h), 9));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(st.signs + 4 * h),
+                       _mm_packus_epi16(_mm256_castsi256_si128(signs), _mm256_extracti128_si256(signs, 1)));
     }
     return st;
   }
@@ -756,20 +768,6 @@ struct GridCodec<quant::IQ2_XS> {
       broadcast16(st.scales, ib));
   }
 };
-#else
-template <>
-struct GridCodec<quant::IQ2_XS> {
-  using Block = quant::IQ2_XS::Block;
-  FM_BLOCK static __m256i prepare(const Block& blk) { return iq2_scales(blk.scales); }
-  FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
-  template <class F>
-  FM_BLOCK static void chunk(const Block& blk, __m256i scales, int ib, F&& f) {
-    const uint16_t* q = blk.qs + 4 * ib;
-    f(grid8x4(kGridIq2xs, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511),
-      signs4(q[0] >> 9, q[1] >> 9, q[2] >> 9, q[3] >> 9), broadcast16(scales, ib));
-  }
-};
-#endif
 
 template <>
 struct GridCodec<quant::IQ2_S> {
@@ -814,54 +812,95 @@ struct GridCodec<quant::IQ2_S> {
 };
 
 template <>
-struct GridCodec<quant::IQ3_XXS> : GridBase<quant::IQ3_XXS::Block, 0.25f> {
+struct GridCodec<quant::IQ3_XXS> {
+  using Block = quant::IQ3_XXS::Block;
+  FM_BLOCK static XxsState prepare(const Block& blk) { return xxs_state(loadu(blk.scales_and_signs)); }
+  FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.25f; }
   template <class F>
-  FM_BLOCK static void chunk(const Block& blk, NoState, int ib, F&& f) {
+  FM_BLOCK static void chunk(const Block& blk, const XxsState& st, int ib, F&& f) {
     const uint8_t* q = blk.qs + 8 * ib;
     // (A gather here measured 2x slower than these byte-indexed loads on a Zen 4 core, and even with
     // them on a Xeon.)
     const int idx[8] = {q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]};
-    const __m256i grid = grid4x8(kGridIq3xxs, idx);
-    const uint32_t aux = load_u32(blk.scales_and_signs + 4 * ib);
-    f(grid, signs4(aux & 127, (aux >> 7) & 127, (aux >> 14) & 127, (aux >> 21) & 127),
-      _mm256_set1_epi16(int16_t(2 * (aux >> 28) + 1)));
+    f(grid4x8(kGridIq3xxs, idx), st.signs[ib], broadcast16(st.scales, ib));
   }
 };
 
+// IQ3_S: grid row index i of chunk ib is qs[8ib + i] with bit i of qh[ib] as bit 8; scales are 8
+// four-bit s (chunk 2i in the low nibble of byte i, 2i + 1 in the high one), as 2s + 1 in 8 int16,
+// the same in both lanes, once per block (per chunk, they had been 4-5 scalar and vector operations).
+FM_SIMD inline __m256i iq3s_scales(const uint8_t* scales) {
+  const __m128i b = _mm_cvtsi32_si128(int(load_u32(scales)));
+  const __m128i low = _mm_set1_epi8(0x0F);
+  const __m128i s =
+      _mm_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16(b, 4), low)));
+  return _mm256_broadcastsi128_si256(_mm_add_epi16(_mm_add_epi16(s, s), _mm_set1_epi16(1)));
+}
+
+#if FM_QUANT_AVX512
 template <>
 struct GridCodec<quant::IQ3_S> {
   using Block = quant::IQ3_S::Block;
-  // The 8 four-bit scales s (chunk 2i in the low nibble of byte i, 2i + 1 in the high one) as
-  // 2s + 1 in 8 int16, the same in both lanes, once per block (per chunk, they had been 4-5 scalar
-  // and vector operations).
-  FM_BLOCK static __m256i prepare(const Block& blk) {
-    const __m128i b = _mm_cvtsi32_si128(int(load_u32(blk.scales)));
-    const __m128i low = _mm_set1_epi8(0x0F);
-    const __m128i s = _mm_cvtepu8_epi16(
-        _mm_unpacklo_epi8(_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16(b, 4), low)));
-    return _mm256_broadcastsi128_si256(_mm_add_epi16(_mm_add_epi16(s, s), _mm_set1_epi16(1)));
-  }
+  FM_BLOCK static __m256i prepare(const Block& blk) { return iq3s_scales(blk.scales); }
   FM_SIMD static float d(const Block& blk) { return f16(blk.d); }
   template <class F>
   FM_BLOCK static void chunk(const Block& blk, __m256i scales, int ib, F&& f) {
-    // Index i: qs[8ib + i] and bit i of qh[ib] as bit 8, computed for all 8 at once. (qh[ib] goes
-    // to every byte by one broadcast from memory: bit 8 of a lane shifted left by 8 - i is bit i of
-    // its low byte whatever the others hold.)
+    // The 8 indices at once. (qh[ib] goes to every byte by one broadcast from memory: bit 8 of a
+    // lane shifted left by 8 - i is bit i of its low byte whatever the others hold.)
     const __m256i low =
         _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.qs + 8 * ib)));
     const __m256i high = _mm256_and_si256(
         _mm256_sllv_epi32(_mm256_set1_epi8(char(blk.qh[ib])), _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1)),
         _mm256_set1_epi32(256));
-    // The eight grid rows by one gather, on both paths: one core of a Xeon, 4096 x 14336, G weights/s,
-    // gather against the index vector stored and read back for scalar loads: AVX-512 8.1 / 4.7, AVX2
-    // 5.4 / 3.3 and 5.0 / 2.8 in two runs; about even on a Zen 4 core and on an AMD EPYC VM's AVX2 (noisy).
-    // (IQ3_XXS's indices are bytes of the block, loaded directly: a gather lost there on Zen 4 and
-    // came out even on the Xeon.)
+    // The eight grid rows by one gather: one core of a Xeon, 4096 x 14336, G weights/s, gather
+    // against the index vector stored and read back for scalar loads: AVX-512 8.1 / 4.7, AVX2 5.4 /
+    // 3.3 and 5.0 / 2.8 in two runs.
     const __m256i grid =
         _mm256_i32gather_epi32(reinterpret_cast<const int*>(kGridIq3s), _mm256_or_si256(low, high), 4);
     f(grid, load_u32(blk.signs + 4 * ib), broadcast16(scales, ib));
   }
 };
+#else
+template <>
+struct GridCodec<quant::IQ3_S> {
+  using Block = quant::IQ3_S::Block;
+  struct State {
+    __m256i scales;                // iq3s_scales
+    alignas(32) uint16_t idx[64];  // grid row i of chunk ib: idx[8ib + i]
+  };
+  // The block's 64 indices in four vectors of 16 (the qh byte spread to 16-bit lanes, bit i moved to
+  // bit 8 by a multiply), read back by the chunks as load addresses, as IQ2_S does. One core of the
+  // AMD EPYC VM, 4096 x 14336, best of 5 short timings in 3-4 rounds, G weights/s: 8.4-8.6 against
+  // 7.1-7.4 with the indices made per chunk in a vector for one gather, and 7.1-7.3 with this
+  // block-wide index vector gathered from (two cores 15.3-16.9 / 13.0-14.6).
+  FM_BLOCK static State prepare(const Block& blk) {
+    State st;
+    st.scales = iq3s_scales(blk.scales);
+    const __m256i qh = _mm256_set1_epi64x(int64_t(load_u64(blk.qh)));
+    const __m256i mul = _mm256_setr_epi16(256, 128, 64, 32, 16, 8, 4, 2, 256, 128, 64, 32, 16, 8, 4, 2);
+#pragma GCC unroll 4
+    for (int h = 0; h < 4; ++h) {
+      const __m256i low =
+          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs + 16 * h)));
+      // Lanes 0-7 take qh byte 2h, lanes 8-15 byte 2h + 1 (the high byte of each 16-bit lane zero).
+      const char b0 = char(2 * h), b1 = char(2 * h + 1);
+      const __m256i spread = _mm256_setr_epi8(b0, -1, b0, -1, b0, -1, b0, -1, b0, -1, b0, -1, b0, -1, b0, -1,
+                                              b1, -1, b1, -1, b1, -1, b1, -1, b1, -1, b1, -1, b1, -1, b1, -1);
+      const __m256i high = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qh, spread), mul),
+                                            _mm256_set1_epi16(0x100));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(st.idx + 16 * h), _mm256_or_si256(low, high));
+    }
+    return st;
+  }
+  FM_SIMD static float d(const Block& blk) { return f16(blk.d); }
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, const State& st, int ib, F&& f) {
+    const uint16_t* i = st.idx + 8 * ib;
+    const int idx[8] = {i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]};
+    f(grid4x8(kGridIq3s, idx), load_u32(blk.signs + 4 * ib), broadcast16(st.scales, ib));
+  }
+};
+#endif
 
 // IQ4_XS: the 16 non-uniform levels of IQ4_NL (never 0, so the values serve as their own signs) and
 // 8 six-bit scales minus 32.
