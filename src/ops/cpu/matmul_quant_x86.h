@@ -778,6 +778,35 @@ struct GridCodec<quant::IQ2_XS> {
   }
 };
 
+// The grid indices of IQ2_S and IQ3_S, for a whole block in vectors: index j is qs[j] with, as bits
+// 8 up, the 8 / kPerByte bits of qh[j / kPerByte] at (j % kPerByte) * 8 / kPerByte, into out[j] for
+// j < 16 kGroups. The qh byte goes to each 16-bit lane by a byte shuffle (high byte zero) and its
+// bits into place by a multiply.
+template <int kPerByte, int kGroups>
+FM_BLOCK inline void grid_indices(const uint8_t* qs, const uint8_t* qh, uint16_t* out) {
+  constexpr int kBits = 8 / kPerByte;
+  struct Tables {
+    int8_t spread[kGroups][32];
+    int16_t mul[16];
+  };
+  static constexpr Tables kTables = [] {
+    Tables t{};
+    for (int h = 0; h < kGroups; ++h)
+      for (int l = 0; l < 16; ++l) t.spread[h][2 * l] = int8_t((16 * h + l) / kPerByte), t.spread[h][2 * l + 1] = -1;
+    for (int l = 0; l < 16; ++l) t.mul[l] = int16_t(1 << (8 - kBits * (l % kPerByte)));
+    return t;
+  }();
+  const __m256i bytes = _mm256_set1_epi64x(int64_t(load_u64(qh))), mul = loadu(kTables.mul);
+  const __m256i mask = _mm256_set1_epi16(int16_t(((1 << kBits) - 1) << 8));
+#pragma GCC unroll 4
+  for (int h = 0; h < kGroups; ++h) {
+    const __m256i low = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16 * h)));
+    const __m256i high =
+        _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, loadu(kTables.spread[h])), mul), mask);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * h), _mm256_or_si256(low, high));
+  }
+}
+
 template <>
 struct GridCodec<quant::IQ2_S> {
   using Block = quant::IQ2_S::Block;
@@ -795,21 +824,7 @@ struct GridCodec<quant::IQ2_S> {
   FM_BLOCK static State prepare(const Block& blk) {
     State st;
     st.scales = iq2_scales(blk.scales);
-    const __m256i qh = _mm256_set1_epi64x(int64_t(load_u64(blk.qh)));
-    const __m256i mul = _mm256_setr_epi16(256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4, 256, 64, 16, 4);
-    const __m256i bits89 = _mm256_set1_epi16(0x300);
-    // Lanes 16h + j take qh byte 4h + j / 4 (the high byte of each 16-bit lane zero).
-    const __m256i spread0 = _mm256_setr_epi8(0, -1, 0, -1, 0, -1, 0, -1, 1, -1, 1, -1, 1, -1, 1, -1, 2, -1, 2,
-                                             -1, 2, -1, 2, -1, 3, -1, 3, -1, 3, -1, 3, -1);
-    const __m256i spread1 = _mm256_add_epi16(spread0, _mm256_set1_epi16(4));
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const __m256i low =
-          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs + 16 * h)));
-      const __m256i high = _mm256_and_si256(
-          _mm256_mullo_epi16(_mm256_shuffle_epi8(qh, h == 0 ? spread0 : spread1), mul), bits89);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(st.idx + 16 * h), _mm256_or_si256(low, high));
-    }
+    grid_indices<4, 2>(blk.qs, blk.qh, st.idx);
     return st;
   }
   FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
@@ -885,20 +900,7 @@ struct GridCodec<quant::IQ3_S> {
   FM_BLOCK static State prepare(const Block& blk) {
     State st;
     st.scales = iq3s_scales(blk.scales);
-    const __m256i qh = _mm256_set1_epi64x(int64_t(load_u64(blk.qh)));
-    const __m256i mul = _mm256_setr_epi16(256, 128, 64, 32, 16, 8, 4, 2, 256, 128, 64, 32, 16, 8, 4, 2);
-#pragma GCC unroll 4
-    for (int h = 0; h < 4; ++h) {
-      const __m256i low =
-          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs + 16 * h)));
-      // Lanes 0-7 take qh byte 2h, lanes 8-15 byte 2h + 1 (the high byte of each 16-bit lane zero).
-      const char b0 = char(2 * h), b1 = char(2 * h + 1);
-      const __m256i spread = _mm256_setr_epi8(b0, -1, b0, -1, b0, -1, b0, -1, b0, -1, b0, -1, b0, -1, b0, -1,
-                                              b1, -1, b1, -1, b1, -1, b1, -1, b1, -1, b1, -1, b1, -1, b1, -1);
-      const __m256i high = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qh, spread), mul),
-                                            _mm256_set1_epi16(0x100));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(st.idx + 16 * h), _mm256_or_si256(low, high));
-    }
+    grid_indices<8, 4>(blk.qs, blk.qh, st.idx);
     return st;
   }
   FM_SIMD static float d(const Block& blk) { return f16(blk.d); }
