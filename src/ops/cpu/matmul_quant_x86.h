@@ -807,13 +807,24 @@ FM_BLOCK inline void grid_indices(const uint8_t* qs, const uint8_t* qh, uint16_t
   }
 }
 
+// A block's int16 scales and its N grid indices (grid_indices).
+template <int N>
+struct IndexedState {
+  __m256i scales;
+  alignas(32) uint16_t idx[N];
+};
+
+template <int kPerByte, int N>
+FM_BLOCK inline IndexedState<N> indexed_state(__m256i scales, const uint8_t* qs, const uint8_t* qh) {
+  IndexedState<N> st;
+  st.scales = scales;
+  grid_indices<kPerByte, N / 16>(qs, qh, st.idx);
+  return st;
+}
+
 template <>
 struct GridCodec<quant::IQ2_S> {
   using Block = quant::IQ2_S::Block;
-  struct State {
-    __m256i scales;                // iq2_scales
-    alignas(32) uint16_t idx[32];  // grid row k of chunk ib: idx[4ib + k]
-  };
   // Row index j: qs[j] and bits 2(j % 4), 2(j % 4) + 1 of qh[j / 4] as bits 8-9, for the whole block
   // in vectors (the qh byte spread to 16-bit lanes, shifted into place by a multiply), read back by
   // the chunks as load addresses. Measured on one thread of a Zen 4 (4096 x 14336, best of 3-5 in
@@ -821,15 +832,13 @@ struct GridCodec<quant::IQ2_S> {
   // gather it replaces and 13.8 with per-chunk scalar indices (as llama.cpp computes them, about 20
   // instructions a chunk); AVX2 about 14, as the scalar indices, against 9.9 with the per-chunk
   // index vector stored and read back at once. Not yet measured on a Xeon, where the gather had won.
-  FM_BLOCK static State prepare(const Block& blk) {
-    State st;
-    st.scales = iq2_scales(blk.scales);
-    grid_indices<4, 2>(blk.qs, blk.qh, st.idx);
-    return st;
+  // Grid row k of chunk ib: idx[4ib + k].
+  FM_BLOCK static IndexedState<32> prepare(const Block& blk) {
+    return indexed_state<4, 32>(iq2_scales(blk.scales), blk.qs, blk.qh);
   }
   FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
   template <class F>
-  FM_BLOCK static void chunk(const Block& blk, const State& st, int ib, F&& f) {
+  FM_BLOCK static void chunk(const Block& blk, const IndexedState<32>& st, int ib, F&& f) {
     const uint16_t* i = st.idx + 4 * ib;
     f(grid8x4(kGridIq2s, i[0], i[1], i[2], i[3]), load_u32(blk.signs + 4 * ib), st.scales);
   }
@@ -888,24 +897,18 @@ struct GridCodec<quant::IQ3_S> {
 template <>
 struct GridCodec<quant::IQ3_S> {
   using Block = quant::IQ3_S::Block;
-  struct State {
-    __m256i scales;                // iq3s_scales
-    alignas(32) uint16_t idx[64];  // grid row i of chunk ib: idx[8ib + i]
-  };
   // The block's 64 indices in four vectors of 16 (the qh byte spread to 16-bit lanes, bit i moved to
   // bit 8 by a multiply), read back by the chunks as load addresses, as IQ2_S does. One core of the
   // AMD EPYC VM, 4096 x 14336, best of 5 short timings in 3-4 rounds, G weights/s: 8.4-8.6 against
   // 7.1-7.4 with the indices made per chunk in a vector for one gather, and 7.1-7.3 with this
   // block-wide index vector gathered from (two cores 15.3-16.9 / 13.0-14.6).
-  FM_BLOCK static State prepare(const Block& blk) {
-    State st;
-    st.scales = iq3s_scales(blk.scales);
-    grid_indices<8, 4>(blk.qs, blk.qh, st.idx);
-    return st;
+  // Grid row i of chunk ib: idx[8ib + i].
+  FM_BLOCK static IndexedState<64> prepare(const Block& blk) {
+    return indexed_state<8, 64>(iq3s_scales(blk.scales), blk.qs, blk.qh);
   }
   FM_SIMD static float d(const Block& blk) { return f16(blk.d); }
   template <class F>
-  FM_BLOCK static void chunk(const Block& blk, const State& st, int ib, F&& f) {
+  FM_BLOCK static void chunk(const Block& blk, const IndexedState<64>& st, int ib, F&& f) {
     const uint16_t* i = st.idx + 8 * ib;
     const int idx[8] = {i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]};
     f(grid4x8(kGridIq3s, idx), load_u32(blk.signs + 4 * ib), st.scales);
