@@ -29,6 +29,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <bit>
 #include <climits>
 #include <cstring>
 #include <type_traits>
@@ -449,20 +450,10 @@ FM_BLOCK inline void add_q5_high(__m256i qh, __m256i (&v)[8]) {
   }
 }
 
-// The 16-level tables (IQ4_NL, MXFP4) looked up by nibble; AVX-512 takes the levels + 128 as
-// unsigned bytes (offset 128), AVX2 the signed levels.
+// The 16-level tables (IQ4_NL, MXFP4) looked up by nibble.
 FM_BLOCK inline void lookup_levels(__m256i table, __m256i (&v)[8]) {
 #pragma GCC unroll 8
   for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(table, v[k]);
-}
-
-FM_SIMD inline __m256i level_table(const int8_t* levels) {
-  const __m256i t = table16(levels);
-#if FM_QUANT_AVX512
-  return _mm256_xor_si256(t, _mm256_set1_epi8(char(0x80)));
-#else
-  return t;
-#endif
 }
 
 // Signed formats: AVX-512 dots v + 128 (unsigned) and subtracts 128 times the activation sum;
@@ -537,23 +528,33 @@ struct Codec32x8<quant::Q8_0> : Signed32x8, F16Scales32x8 {
   }
 };
 
-// The 16-level formats: nibbles at byte kQs of the block, looked up in kLevels.
-template <const int8_t* kLevels, int kQs>
-struct Levels32x8 : Signed32x8 {
+// The 16-level formats: nibbles at byte kQs of the block, looked up in kLevels, whose magnitudes go
+// to kMax. AVX-512 takes the levels + 128 as unsigned bytes, as Signed32x8. AVX2 takes small levels
+// (MXFP4's, up to 12) + kMax as unsigned bytes, whose maddubs pair sums (at most 4 kMax 127) add in
+// int16 several at a time, and larger ones (IQ4_NL's) signed, their signs moved onto the activation
+// (two more instructions a vector, and one int16 step per vector). (One core of the AMD EPYC VM,
+// MXFP4, 4096 x 14336, best of 5 short timings in 3 rounds, G weights/s: see docs/benchmarks.md.)
+template <const int8_t* kLevels, int kQs, int kMax>
+struct Levels32x8 {
+  static constexpr int kLevelOffset = FM_QUANT_AVX512 ? 128 : 4 * kMax * 127 <= 32767 ? kMax : 0;
+  static constexpr bool kSigned = kLevelOffset == 0, kMin = false;
+  static constexpr float kOffset = float(kLevelOffset);
+  static constexpr int kMaxU = kLevelOffset == 128 ? 255 : 2 * kMax;
   template <class S>
   FM_BLOCK static void values(const S& src, __m256i (&v)[8]) {
     __m256i t[4];
     src.chunk16(kQs, t);
     split_nibbles(t, v);
-    lookup_levels(level_table(kLevels), v);
+    // + 128 is ^ 0x80 on bytes.
+    lookup_levels(_mm256_add_epi8(table16(kLevels), _mm256_set1_epi8(char(kLevelOffset))), v);
   }
 };
 
 template <>
-struct Codec32x8<quant::IQ4_NL> : Levels32x8<quant::tables::kValuesIq4nl, 2>, F16Scales32x8 {};
+struct Codec32x8<quant::IQ4_NL> : Levels32x8<quant::tables::kValuesIq4nl, 2, 127>, F16Scales32x8 {};
 
 template <>
-struct Codec32x8<quant::MXFP4> : Levels32x8<quant::tables::kValuesMxfp4, 1> {
+struct Codec32x8<quant::MXFP4> : Levels32x8<quant::tables::kValuesMxfp4, 1, 12> {
   // e8m0_half: 2^(e - 128) as float bits, (e - 1) << 23 for e >= 2, else the subnormal 0x200000 << e.
   template <class S>
   FM_BLOCK static void scales(const S& src, __m256& d, __m256&) {
@@ -578,8 +579,9 @@ FM_BLOCK inline __m256i dot32x8(const __m256i (&v)[8], const int8_t* xq) {
   return _mm256_add_epi32(s0, s1);
 #else
   const __m256i ones = _mm256_set1_epi16(1);
-  // int16 pair sums of maddubs are at most 2 * kMaxU * 127: add as many as int16 holds first.
-  constexpr int kGroup = C::kSigned ? 1 : std::min(8, 32767 / (2 * C::kMaxU * 127));
+  // int16 pair sums of maddubs are at most 2 * kMaxU * 127: add as many as int16 holds first (a
+  // power of two, dividing 8).
+  constexpr int kGroup = C::kSigned ? 1 : int(std::bit_floor(unsigned(std::min(8, 32767 / (2 * C::kMaxU * 127)))));
   __m256i sum = _mm256_setzero_si256();
 #pragma GCC unroll 8
   for (int k = 0; k < 8; k += kGroup) {
