@@ -179,7 +179,10 @@ FM_SIMD inline __m256i quad16(__m256i v8, int a, int b, int c, int d) {
 // fours by vpdpbusd (under 2^15 for u <= 63: the sums fit int16 unsaturated), packed to int16 (per
 // 128-bit lane: four sums of chunk 0, then four of chunk 1) and multiplied by their int16 scales
 // (quad16), summed in pairs: 8 int32. The same integers as add_dot_scaled on each chunk in 5
-// instructions instead of 6, and one scale shuffle for the two chunks instead of two.
+// instructions instead of 6, and one scale shuffle for the two chunks instead of two. (One core of a
+// noisy 16-core Xeon, two rounds, G weights/s, with / without: Q4_K 26.3 / 23.3 against 21.8 /
+// 22.7, Q2_K 26.3 / 21.1 against 25.0 / 23.7, Q6_K 19.0 / 10.9 against 17.5 / 21.4: ahead for
+// Q4_K, within that instance's noise for the others.)
 FM_SIMD inline __m256i add_dot2(__m256i sumi, __m256i u0, __m256i x0, __m256i u1, __m256i x1, __m256i scales) {
   const __m256i z = _mm256_setzero_si256();
   const __m256i sums = _mm256_packs_epi32(_mm256_dpbusd_epi32(z, u0, x0), _mm256_dpbusd_epi32(z, u1, x1));
@@ -920,7 +923,10 @@ struct GridCodec<quant::IQ3_S> {
 #endif
 
 
-// The block kernel of every GridCodec format.
+// The block kernel of every GridCodec format. (Chunks in pairs by add_dot2 on AVX-512, as the
+// K-quants go, measured worse on one core of a noisy 16-core Xeon in both of two rounds for IQ2_XS
+// and IQ3_XXS, 11.1 / 9.0 and 7.7 / 5.7 G weights/s against 13.3 / 12.9 and 9.6 / 10.0, and even
+// for IQ2_XXS and IQ3_S: not taken.)
 template <class Q>
 struct Block256 {
   using G = GridCodec<Q>;
@@ -931,22 +937,6 @@ struct Block256 {
     const auto state = G::prepare(blk);
     __m256i sumi[T];
     for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
-#if FM_QUANT_AVX512
-    // Chunks in pairs by add_dot2 (the grids' magnitudes go to 62).
-#pragma GCC unroll 4
-    for (int ib = 0; ib < 8; ib += 2)
-      G::chunk(blk, state, ib, [&](__m256i u0, uint32_t signs0, __m256i scales) FM_BLOCK {
-        G::chunk(blk, state, ib + 1, [&](__m256i u1, uint32_t signs1, __m256i) FM_BLOCK {
-          const __m256i s = quad16(scales, ib, ib + 1, ib, ib + 1);
-#pragma GCC unroll 4
-          for (int t = 0; t < T; ++t) {
-            const int8_t* xs = x[t][b].qs + 32 * ib;
-            sumi[t] =
-                add_dot2(sumi[t], u0, apply_signs(loadu(xs), signs0), u1, apply_signs(loadu(xs + 32), signs1), s);
-          }
-        });
-      });
-#else
 #pragma GCC unroll 8
     for (int ib = 0; ib < 8; ++ib) {
       G::chunk(blk, state, ib, [&](__m256i u, uint32_t signs, __m256i scales) FM_BLOCK {
@@ -956,7 +946,6 @@ struct Block256 {
           sumi[t] = add_dot_scaled(sumi[t], u, apply_signs(loadu(x[t][b].qs + 32 * ib), signs), s);
       });
     }
-#endif
     plain_finish<T>(x, b, G::d(blk), sumi, acc);
   }
 };
