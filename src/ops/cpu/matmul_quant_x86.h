@@ -183,7 +183,8 @@ FM_SIMD inline __m256i quad16(__m256i v8, int a, int b, int c, int d) {
 // noisy 16-core Xeon, two rounds, G weights/s, with / without: Q4_K 26.3 / 23.3 against 21.8 /
 // 22.7, Q2_K 26.3 / 21.1 against 25.0 / 23.7, Q6_K 19.0 / 10.9 against 17.5 / 21.4: ahead for
 // Q4_K, within that instance's noise for the others.)
-FM_SIMD inline __m256i add_dot2(__m256i sumi, __m256i u0, __m256i x0, __m256i u1, __m256i x1, __m256i scales) {
+FM_SIMD inline __m256i add_dot2(__m256i sumi, __m256i u0, __m256i x0, __m256i u1, __m256i x1,
+                                __m256i scales) {
   const __m256i z = _mm256_setzero_si256();
   const __m256i sums = _mm256_packs_epi32(_mm256_dpbusd_epi32(z, u0, x0), _mm256_dpbusd_epi32(z, u1, x1));
   return _mm256_add_epi32(sumi, _mm256_madd_epi16(sums, scales));
@@ -585,7 +586,8 @@ FM_BLOCK inline __m256i dot32x8(const __m256i (&v)[8], const int8_t* xq) {
   const __m256i ones = _mm256_set1_epi16(1);
   // int16 pair sums of maddubs are at most 2 * kMaxU * 127: add as many as int16 holds first (a
   // power of two, dividing 8).
-  constexpr int kGroup = C::kSigned ? 1 : int(std::bit_floor(unsigned(std::min(8, 32767 / (2 * C::kMaxU * 127)))));
+  constexpr int kGroup =
+      C::kSigned ? 1 : int(std::bit_floor(unsigned(std::min(8, 32767 / (2 * C::kMaxU * 127)))));
   __m256i sum = _mm256_setzero_si256();
 #pragma GCC unroll 8
   for (int k = 0; k < 8; k += kGroup) {
@@ -732,7 +734,8 @@ FM_SIMD inline XxsState xxs_state(__m256i aux) {
   k = _mm256_or_si256(k, _mm256_and_si256(_mm256_slli_epi32(aux, 3), _mm256_slli_epi32(m7, 24)));
   _mm256_store_si256(reinterpret_cast<__m256i*>(st.signs), sign_bytes(k));
   const __m256i s = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(aux, 28), 1), _mm256_set1_epi32(1));
-  st.scales = _mm256_broadcastsi128_si256(_mm_packs_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1)));
+  st.scales =
+      _mm256_broadcastsi128_si256(_mm_packs_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1)));
   return st;
 }
 
@@ -779,8 +782,7 @@ struct GridCodec<quant::IQ2_XS> {
   template <class F>
   FM_BLOCK static void chunk(const Block& blk, const State& st, int ib, F&& f) {
     const uint16_t* q = blk.qs + 4 * ib;
-    f(grid8x4(kGridIq2xs, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511), st.signs[ib],
-      st.scales);
+    f(grid8x4(kGridIq2xs, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511), st.signs[ib], st.scales);
   }
 };
 
@@ -798,7 +800,8 @@ FM_BLOCK inline void grid_indices(const uint8_t* qs, const uint8_t* qh, uint16_t
   static constexpr Tables kTables = [] {
     Tables t{};
     for (int h = 0; h < kGroups; ++h)
-      for (int l = 0; l < 16; ++l) t.spread[h][2 * l] = int8_t((16 * h + l) / kPerByte), t.spread[h][2 * l + 1] = -1;
+      for (int l = 0; l < 16; ++l)
+        t.spread[h][2 * l] = int8_t((16 * h + l) / kPerByte), t.spread[h][2 * l + 1] = -1;
     for (int l = 0; l < 16; ++l) t.mul[l] = int16_t(1 << (8 - kBits * (l % kPerByte)));
     return t;
   }();
@@ -921,7 +924,6 @@ struct GridCodec<quant::IQ3_S> {
   }
 };
 #endif
-
 
 // The block kernel of every GridCodec format. (Chunks in pairs by add_dot2 on AVX-512, as the
 // K-quants go, measured worse on one core of a noisy 16-core Xeon in both of two rounds for IQ2_XS
@@ -1086,8 +1088,8 @@ FM_SIMD inline __m256i shift16(__m256i v) {
 // them: sumi[t] += chunks s = 0..3 (u[s], elements at + 32s ..) times their int16 scales, groups 2s
 // and 2s + 1 of sc (8 int16 in both lanes).
 template <int T>
-FM_BLOCK inline void chunks16x8(const __m256i (&u)[4], __m256i sc, const ActBlock256* const (&x)[T], int64_t b,
-                                int at, __m256i (&sumi)[T]) {
+FM_BLOCK inline void chunks16x8(const __m256i (&u)[4], __m256i sc, const ActBlock256* const (&x)[T],
+                                int64_t b, int at, __m256i (&sumi)[T]) {
 #if FM_QUANT_AVX512
 #pragma GCC unroll 2
   for (int s = 0; s < 4; s += 2) {
@@ -1205,7 +1207,8 @@ struct Block256<quant::Q2_K> {
     const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(s8));
     const __m256i q = loadu(blk.qs + 32 * H), m3 = _mm256_set1_epi8(3);
     const __m256i u[4] = {_mm256_and_si256(q, m3), _mm256_and_si256(_mm256_srli_epi16(q, 2), m3),
-                          _mm256_and_si256(_mm256_srli_epi16(q, 4), m3), _mm256_and_si256(_mm256_srli_epi16(q, 6), m3)};
+                          _mm256_and_si256(_mm256_srli_epi16(q, 4), m3),
+                          _mm256_and_si256(_mm256_srli_epi16(q, 6), m3)};
     chunks16x8<T>(u, sc, x, b, 128 * H, sumi);
   }
   template <int T>
