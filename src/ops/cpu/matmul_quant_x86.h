@@ -711,21 +711,23 @@ FM_SIMD inline __m256i iq2_scales(const uint8_t* s) {
   return _mm256_add_epi16(_mm256_slli_epi16(n, 1), _mm256_set1_epi16(1));
 }
 
+// The per-block state of the codecs whose signs come as 7-bit indices into ksigns_iq2xs (IQ2_XXS,
+// IQ2_XS, IQ3_XXS): the block's int16 scales and the sign bits of chunk ib in signs[ib].
+struct SignState {
+  __m256i scales;
+  alignas(32) uint32_t signs[8];
+};
+
 // IQ2_XXS and IQ3_XXS keep a 32-bit word per chunk: four 7-bit indices k into ksigns_iq2xs (the
 // sign bits of four groups of 8; the entry is k with the parity of its bits as bit 7) and the
-// four-bit scale s in bits 28-31. XxsState decodes the 8 words of a block at once, in vectors: the
+// four-bit scale s in bits 28-31. xxs_state decodes the 8 words of a block at once, in vectors: the
 // sign bits of chunk ib in signs[ib], the scales as 2s + 1 in 8 int16 (both lanes). Per chunk
 // they had been four table loads and a scalar scale (on AVX2 sign bytes for vpsign from a table of
 // 128 x 8): one core of the AMD EPYC VM, 4096 x 14336, best of 5 short timings in 4 rounds, G
 // weights/s, IQ2_XXS 14.6-14.9 against 12.8-13.8, IQ3_XXS 10.8-11.4 against 9.7-9.8 (two cores
 // 29.2 / 24.5 and 21.9 / 18.2).
-struct XxsState {
-  __m256i scales;
-  alignas(32) uint32_t signs[8];
-};
-
-FM_SIMD inline XxsState xxs_state(__m256i aux) {
-  XxsState st;
+FM_SIMD inline SignState xxs_state(__m256i aux) {
+  SignState st;
   const __m256i m7 = _mm256_set1_epi32(0x7F);
   // Index j of each word to byte j.
   __m256i k = _mm256_and_si256(aux, m7);
@@ -743,7 +745,7 @@ template <>
 struct GridCodec<quant::IQ2_XXS> {
   using Block = quant::IQ2_XXS::Block;
   // The words are bytes 8ib + 4 of qs: the odd dwords of its two halves.
-  FM_BLOCK static XxsState prepare(const Block& blk) {
+  FM_BLOCK static SignState prepare(const Block& blk) {
     const __m256 a = _mm256_castsi256_ps(loadu(blk.qs)), b = _mm256_castsi256_ps(loadu(blk.qs + 32));
     // Chunks 0 1 4 5 | 2 3 6 7, then in order.
     const __m256i odd = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
@@ -751,7 +753,7 @@ struct GridCodec<quant::IQ2_XXS> {
   }
   FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
   template <class F>
-  FM_BLOCK static void chunk(const Block& blk, const XxsState& st, int ib, F&& f) {
+  FM_BLOCK static void chunk(const Block& blk, const SignState& st, int ib, F&& f) {
     const uint8_t* idx = blk.qs + 8 * ib;
     f(grid8x4(kGridIq2xxs, idx[0], idx[1], idx[2], idx[3]), st.signs[ib], st.scales);
   }
@@ -760,16 +762,12 @@ struct GridCodec<quant::IQ2_XXS> {
 template <>
 struct GridCodec<quant::IQ2_XS> {
   using Block = quant::IQ2_XS::Block;
-  struct State {
-    __m256i scales;     // iq2_scales
-    uint32_t signs[8];  // sign bits of chunk ib
-  };
   // The sign byte of a value q is ksigns_iq2xs[q >> 9], for the whole block in vectors. (On AVX2,
   // one core of the AMD EPYC VM, 4096 x 14336, best of 5 short timings in 4 rounds, G weights/s:
   // 14.2-15.5 against 13.1-13.6 with sign bytes for vpsign from a table of 128 x 8 per group of 8;
   // two cores 31.0 / 26.2.)
-  FM_BLOCK static State prepare(const Block& blk) {
-    State st;
+  FM_BLOCK static SignState prepare(const Block& blk) {
+    SignState st;
     st.scales = iq2_scales(blk.scales);
     for (int h = 0; h < 2; ++h) {
       const __m256i signs = sign_bytes(_mm256_srli_epi16(loadu(blk.qs + 16 * h), 9));
@@ -780,7 +778,7 @@ struct GridCodec<quant::IQ2_XS> {
   }
   FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
   template <class F>
-  FM_BLOCK static void chunk(const Block& blk, const State& st, int ib, F&& f) {
+  FM_BLOCK static void chunk(const Block& blk, const SignState& st, int ib, F&& f) {
     const uint16_t* q = blk.qs + 4 * ib;
     f(grid8x4(kGridIq2xs, q[0] & 511, q[1] & 511, q[2] & 511, q[3] & 511), st.signs[ib], st.scales);
   }
@@ -856,10 +854,10 @@ struct GridCodec<quant::IQ2_S> {
 template <>
 struct GridCodec<quant::IQ3_XXS> {
   using Block = quant::IQ3_XXS::Block;
-  FM_BLOCK static XxsState prepare(const Block& blk) { return xxs_state(loadu(blk.scales_and_signs)); }
+  FM_BLOCK static SignState prepare(const Block& blk) { return xxs_state(loadu(blk.scales_and_signs)); }
   FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.25f; }
   template <class F>
-  FM_BLOCK static void chunk(const Block& blk, const XxsState& st, int ib, F&& f) {
+  FM_BLOCK static void chunk(const Block& blk, const SignState& st, int ib, F&& f) {
     const uint8_t* q = blk.qs + 8 * ib;
     // (A gather here measured 2x slower than these byte-indexed loads on a Zen 4 core, and even with
     // them on a Xeon.)
