@@ -17,9 +17,9 @@
 // AVX-512 changes only the primitives: VNNI computes the whole byte dot product of a block of 32
 // (vpdpbusd: exact int32 sums, the same numbers since nothing saturates), sign bits move onto
 // activations through a mask (vpsubb under k), IQ2_XS signs are decoded for a whole block at once,
-// and EVEX encoding gives 32 vector registers. (IQ2_S had a gather too; its indices are now computed
-// for a whole block at once, on both paths: see GridCodec<IQ2_S>.) All paths give the same integer
-// sums, so the same results up to float summation order.
+// and EVEX encoding gives 32 vector registers; IQ2_S and IQ3_S gather a chunk's grid rows, where
+// AVX2 reads them by indices decoded for the whole block (GridCodec). All paths give the same
+// integer sums, so the same results up to float summation order.
 //
 // The blocks of 32 share one driver (rows32) over a per-format decoder (Codec32); the i-quants
 // share one block kernel over a per-format decoder of 32-value chunks (GridCodec); the K-quants
@@ -67,6 +67,11 @@ inline uint64_t load_u64(const uint8_t* p) {
 inline uint32_t load_u32(const void* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
+  return v;
+}
+inline uint16_t load_u16(const void* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
   return v;
 }
 
@@ -388,18 +393,34 @@ FM_SIMD inline void f16_halves(__m256i w, __m256& low, __m256& high) {
 }
 
 // Where a block of the eight rows comes from. FileRows8: the stored layout, row pointers p[i] and
-// the block's byte offset; fields are gathered (idx: the row offsets from p[0] as int32) and value
-// bytes transposed in registers. PackedRows8: rows interleaved at load (Mat::interleaved,
+// the block's byte offset; fields are gathered (idx: the row offsets from p[0] as int32) or loaded
+// row by row into the lanes (kGatherFields), and value bytes transposed in registers. PackedRows8: rows interleaved at load (Mat::interleaved,
 // interleave_rows8), where each of those is a plain load. Both give, for a field at byte X of the
 // block: word32 (a 4-byte field, lane i: row i's), f16 (a 2-byte f16, as floats), f16x2 (two
 // adjacent ones, as floats), byte (a 1-byte field, lane i: row i's), chunk16 (16 value bytes:
 // t[k] = bytes 4k..4k+3 of row i in lane i).
+// AVX2 loads the eight rows' scales and other fields one by one into the lanes: one core of the AMD
+// EPYC VM, 4096 x 14336, best of 5 short timings in 3 rounds, G weights/s against one gather:
+// IQ4_NL 21.5 / 19.0, MXFP4 25.4 / 21.8, Q4_0 27.6 / 25.2, Q4_1 26.2 / 23.1, Q5_0 18.1 / 15.3, Q5_1
+// 17.5 / 14.9, Q8_0 19.8 / 18.9.
+inline constexpr bool kGatherFields = FM_QUANT_AVX512;
+
 struct FileRows8 {
   const uint8_t* const (&p)[8];
   uint64_t off;
   __m256i idx;
-  FM_SIMD __m256i word32(int x) const { return gather_words(p, off + x, idx); }
-  FM_SIMD __m256 f16(int x) const { return f16_low_halves(word32(x)); }
+  FM_SIMD __m256i word32(int x) const {
+    if constexpr (kGatherFields) return gather_words(p, off + x, idx);
+    const uint64_t o = off + x;
+    return _mm256_setr_epi32(int(load_u32(p[0] + o)), int(load_u32(p[1] + o)), int(load_u32(p[2] + o)),
+                             int(load_u32(p[3] + o)), int(load_u32(p[4] + o)), int(load_u32(p[5] + o)),
+                             int(load_u32(p[6] + o)), int(load_u32(p[7] + o)));
+  }
+  FM_SIMD __m256 f16(int x) const {
+    if constexpr (kGatherFields) return f16_low_halves(word32(x));
+    const auto h = [&](int i) FM_SIMD { return short(load_u16(p[i] + off + x)); };
+    return _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)));
+  }
   FM_SIMD void f16x2(int x, __m256& a, __m256& b) const { f16_halves(word32(x), a, b); }
   FM_SIMD __m256i byte(int x) const { return _mm256_and_si256(word32(x), _mm256_set1_epi32(0xFF)); }
   FM_BLOCK void chunk16(int x, __m256i (&t)[4]) const { transpose8x16(p, off + x, t); }
@@ -829,16 +850,35 @@ FM_BLOCK inline IndexedState<N> indexed_state(__m256i scales, const uint8_t* qs,
   return st;
 }
 
+#if FM_QUANT_AVX512
+template <>
+struct GridCodec<quant::IQ2_S> {
+  using Block = quant::IQ2_S::Block;
+  FM_BLOCK static __m256i prepare(const Block& blk) { return iq2_scales(blk.scales); }
+  FM_SIMD static float d(const Block& blk) { return f16(blk.d) * 0.125f; }
+  // The four grid rows of chunk ib by one gather: row index k is qs[4ib + k] with bits 2k, 2k + 1
+  // of qh[ib] as bits 8-9 (shifted left by 8 - 2k). One core of a 16-core Xeon, 4096 x 14336, best of
+  // 5 short timings in 3 rounds, G weights/s: 15.7 against 8.9 with the block-wide indices of the
+  // AVX2 path read back as load addresses (sixteen cores 145 / 108). (A Zen 4 core had given the
+  // block-wide indices 15.7 against 13.4 for a per-chunk gather.)
+  template <class F>
+  FM_BLOCK static void chunk(const Block& blk, __m256i scales, int ib, F&& f) {
+    const __m128i low = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(load_u32(blk.qs + 4 * ib))));
+    const __m128i high =
+        _mm_and_si128(_mm_sllv_epi32(_mm_set1_epi32(blk.qh[ib]), _mm_setr_epi32(8, 6, 4, 2)), _mm_set1_epi32(0x300));
+    const __m256i grid =
+        _mm256_i32gather_epi64(reinterpret_cast<const long long*>(kGridIq2s), _mm_or_si128(low, high), 8);
+    f(grid, load_u32(blk.signs + 4 * ib), scales);
+  }
+};
+#else
 template <>
 struct GridCodec<quant::IQ2_S> {
   using Block = quant::IQ2_S::Block;
   // Row index j: qs[j] and bits 2(j % 4), 2(j % 4) + 1 of qh[j / 4] as bits 8-9, for the whole block
-  // in vectors (the qh byte spread to 16-bit lanes, shifted into place by a multiply), read back by
-  // the chunks as load addresses. Measured on one thread of a Zen 4 (4096 x 14336, best of 3-5 in
-  // CPU time, noisy: +-10%): AVX-512 15.7 Gw/s, against 13.4 with the per-chunk index vector and
-  // gather it replaces and 13.8 with per-chunk scalar indices (as llama.cpp computes them, about 20
-  // instructions a chunk); AVX2 about 14, as the scalar indices, against 9.9 with the per-chunk
-  // index vector stored and read back at once. Not yet measured on a Xeon, where the gather had won.
+  // in vectors (grid_indices), read back by the chunks as load addresses. One core of the AMD EPYC VM
+  // about 14 G weights/s, as per-chunk scalar indices (as llama.cpp computes them, about 20
+  // instructions a chunk), against 9.9 with a per-chunk index vector stored and read back at once.
   // Grid row k of chunk ib: idx[4ib + k].
   FM_BLOCK static IndexedState<32> prepare(const Block& blk) {
     return indexed_state<4, 32>(iq2_scales(blk.scales), blk.qs, blk.qh);
@@ -850,6 +890,7 @@ struct GridCodec<quant::IQ2_S> {
     f(grid8x4(kGridIq2s, i[0], i[1], i[2], i[3]), load_u32(blk.signs + 4 * ib), st.scales);
   }
 };
+#endif
 
 template <>
 struct GridCodec<quant::IQ3_XXS> {
