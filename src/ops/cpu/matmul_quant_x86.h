@@ -345,10 +345,11 @@ FM_SIMD void rows32(const Mat& w, int64_t r0, int64_t r1, const std::byte* xq, u
 // then holds the block of all eight rows, their scales arrive as one vector, and one FMA scales
 // them. The loop reads the file's layout as it is, so streamed and memory-mapped tensors take it;
 // resident weights can also be interleaved once at load (Mat::interleaved, the shape llama.cpp's
-// repacked layouts have), which leaves the loop plain loads where the stored layout takes gathers
-// and a transposition, and prefetches ahead on its one stream (one core of the 2-core AMD EPYC VM,
-// AVX2, G weights/s stored / interleaved: IQ4_NL 17.6 / 29.9, MXFP4 19.1 / 31.8, Q4_0 21.9 / 36.4;
-// Q8_0, bound by memory, gains nothing and stays stored: CpuBackend::prepare_resident).
+// repacked layouts have), which leaves the loop plain loads where the stored layout takes a load per
+// row (or gathers) and a transposition, and prefetches ahead on its one stream (one core of the
+// 2-core AMD EPYC VM, AVX2, G weights/s stored / interleaved: IQ4_NL 21.7 / 32.2, MXFP4 24.9 / 39.4,
+// Q4_0 26.2 / 37.7; Q8_0, bound by memory, gains nothing and stays stored:
+// CpuBackend::prepare_resident).
 
 FM_SIMD inline __m256i load2x128(const uint8_t* lo, const uint8_t* hi) {
   return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))),
