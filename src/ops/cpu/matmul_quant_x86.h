@@ -395,11 +395,11 @@ FM_SIMD inline void f16_halves(__m256i w, __m256& low, __m256& high) {
 
 // Where a block of the eight rows comes from. FileRows8: the stored layout, row pointers p[i] and
 // the block's byte offset; fields are gathered (idx: the row offsets from p[0] as int32) or loaded
-// row by row into the lanes (kGatherFields), and value bytes transposed in registers. PackedRows8: rows interleaved at load (Mat::interleaved,
-// interleave_rows8), where each of those is a plain load. Both give, for a field at byte X of the
-// block: word32 (a 4-byte field, lane i: row i's), f16 (a 2-byte f16, as floats), f16x2 (two
-// adjacent ones, as floats), byte (a 1-byte field, lane i: row i's), chunk16 (16 value bytes:
-// t[k] = bytes 4k..4k+3 of row i in lane i).
+// row by row into the lanes (kGatherFields), and value bytes transposed in registers. PackedRows8:
+// rows interleaved at load (Mat::interleaved, interleave_rows8), where each of those is a plain load.
+// Both give, for a field at byte X of the block: word32 (a 4-byte field, lane i: row i's), f16 (a
+// 2-byte f16, as floats), f16x2 (two adjacent ones, as floats), byte (a 1-byte field, lane i: row
+// i's), chunk16 (16 value bytes: t[k] = bytes 4k..4k+3 of row i in lane i).
 // AVX2 loads the eight rows' scales and other fields one by one into the lanes: one core of the AMD
 // EPYC VM, 4096 x 14336, best of 5 short timings in 3 rounds, G weights/s against one gather:
 // IQ4_NL 21.5 / 19.0, MXFP4 25.4 / 21.8, Q4_0 27.6 / 25.2, Q4_1 26.2 / 23.1, Q5_0 18.1 / 15.3, Q5_1
@@ -865,8 +865,9 @@ struct GridCodec<quant::IQ2_S> {
   template <class F>
   FM_BLOCK static void chunk(const Block& blk, __m256i scales, int ib, F&& f) {
     const __m128i low = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(load_u32(blk.qs + 4 * ib))));
+    const __m128i shifts = _mm_setr_epi32(8, 6, 4, 2);
     const __m128i high =
-        _mm_and_si128(_mm_sllv_epi32(_mm_set1_epi32(blk.qh[ib]), _mm_setr_epi32(8, 6, 4, 2)), _mm_set1_epi32(0x300));
+        _mm_and_si128(_mm_sllv_epi32(_mm_set1_epi32(blk.qh[ib]), shifts), _mm_set1_epi32(0x300));
     const __m256i grid =
         _mm256_i32gather_epi64(reinterpret_cast<const long long*>(kGridIq2s), _mm_or_si128(low, high), 8);
     f(grid, load_u32(blk.signs + 4 * ib), scales);
